@@ -1,0 +1,1 @@
+//! Group text -> batches (pure).

@@ -1,0 +1,5 @@
+#![allow(dead_code)]
+mod batching;
+mod plugins;
+
+fn main() {}
