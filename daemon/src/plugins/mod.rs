@@ -1,1 +1,0 @@
-//! Executor plugin host.
