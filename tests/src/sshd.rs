@@ -1,0 +1,1 @@
+//! Starts real OpenSSH servers for the ssh executor tests.
