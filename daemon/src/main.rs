@@ -1,4 +1,147 @@
-#![allow(dead_code)]
-mod batching;
+//! jobxd: the jobx daemon.
 
-fn main() {}
+mod api;
+mod auth;
+mod batching;
+mod cli;
+mod clock;
+mod config;
+mod error;
+mod ids;
+mod jobs;
+mod logger;
+mod model;
+mod server;
+mod state;
+mod store;
+mod vars;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn load_config(cli: &cli::Cli) -> Result<config::Config, String> {
+    let mut cfg = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            config::Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => {
+            config::Config::parse(config::EMBEDDED).map_err(|e| format!("embedded config: {e}"))?
+        }
+    };
+    if let Some(l) = &cli.listen {
+        cfg.server.listen = l.clone();
+    }
+    if let Some(d) = &cli.data_dir {
+        cfg.storage.data_dir = d.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// With no configured tokens, use (or create, mode 0600) `<data_dir>/admin.token`.
+fn admin_token(data_dir: &Path) -> Result<auth::Tokens, String> {
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => {
+            log::info!(
+                "no tokens configured; using the admin token in {}",
+                path.display()
+            );
+            return Ok(auth::Tokens::admin(t.trim()));
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{} is empty; delete it to get a new token",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let token = ids::new_token();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    writeln!(f, "{token}")
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    log::warn!(
+        "no tokens configured; created an admin token (name \"admin\", role admin on \"*\") in {}",
+        path.display()
+    );
+    Ok(auth::Tokens::admin(&token))
+}
+
+fn run(cfg: config::Config) -> Result<(), String> {
+    let store = store::Store::open(&cfg.storage.data_dir).map_err(|e| e.to_string())?;
+    let tokens = if cfg.auth.tokens.is_empty() {
+        admin_token(&cfg.storage.data_dir)?
+    } else {
+        auth::Tokens::from_config(&cfg.auth.tokens)
+    };
+    let listen = cfg.server.listen.clone();
+    let app = Arc::new(state::App::new(cfg, store, tokens, Default::default()));
+    async_std::task::block_on(async {
+        let listener = async_std::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        log::info!(
+            "jobxd {} listening on http://{addr} (slave {:?})",
+            env!("CARGO_PKG_VERSION"),
+            app.slave
+        );
+        server::serve(listener, api::routes(app.clone()))
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    // Dropping the last handle closes the store cleanly.
+    drop(app);
+    log::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let cli = match cli::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jobxd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.help {
+        print!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    if cli.version {
+        println!("jobxd {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jobxd: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Command line (pure): `jobxd [--config PATH] [--listen ADDR] [--data-dir DIR] [--check-config]`.
+
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+jobxd - run jobs on fleets of hosts in batches
+
+usage: jobxd [options]
+
+options:
+  --config PATH     configuration file (default: the embedded default config)
+  --listen ADDR     listen address, overrides server.listen (e.g. 127.0.0.1:8080)
+  --data-dir DIR    data directory, overrides storage.data_dir
+  --check-config    validate the configuration and exit
+  --version         print the version and exit
+  --help            print this help and exit
+
+environment:
+  RUST_LOG          log level: error, warn, info (default), debug, trace
+";
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Cli {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub check_config: bool,
+    pub version: bool,
+    pub help: bool,
+}
+
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
+    let mut cli = Cli::default();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--config" | "-c" => cli.config = Some(PathBuf::from(value("--config")?)),
+            "--listen" => cli.listen = Some(value("--listen")?),
+            "--data-dir" => cli.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--check-config" => cli.check_config = true,
+            "--version" | "-V" => cli.version = true,
+            "--help" | "-h" => cli.help = true,
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    Ok(cli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Cli, String> {
+        parse(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags() {
+        let c = p(&[
+            "--config",
+            "/etc/x.toml",
+            "--listen=0.0.0.0:1",
+            "--data-dir",
+            "d",
+        ])
+        .expect("ok");
+        assert_eq!(c.config, Some(PathBuf::from("/etc/x.toml")));
+        assert_eq!(c.listen.as_deref(), Some("0.0.0.0:1"));
+        assert_eq!(c.data_dir, Some(PathBuf::from("d")));
+        assert!(p(&["--check-config"]).expect("ok").check_config);
+        assert!(p(&["--listen"]).is_err());
+        assert!(p(&["--bogus"]).is_err());
+    }
+}

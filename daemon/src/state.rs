@@ -1,0 +1,53 @@
+//! The daemon's shared state, handed to every request handler.
+
+use crate::auth::Tokens;
+use crate::config::Config;
+use crate::store::Store;
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub slave: String,
+    tokens: RwLock<Arc<Tokens>>,
+    plugin_types: BTreeSet<String>,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: Store,
+        tokens: Tokens,
+        plugin_types: BTreeSet<String>,
+    ) -> App {
+        let slave = config.slave_name();
+        App {
+            config,
+            store,
+            slave,
+            tokens: RwLock::new(Arc::new(tokens)),
+            plugin_types,
+        }
+    }
+
+    /// The current token table (replaced as a whole on reload).
+    pub fn tokens(&self) -> Arc<Tokens> {
+        match self.tokens.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_tokens(&self, t: Tokens) {
+        match self.tokens.write() {
+            Ok(mut g) => *g = Arc::new(t),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(t),
+        }
+    }
+
+    /// Types of the loaded executor plugins.
+    pub fn plugin_types(&self) -> BTreeSet<String> {
+        self.plugin_types.clone()
+    }
+}

@@ -1,0 +1,133 @@
+//! Task variables (pure): normalising the `variable` object, `${name}`
+//! substitution and argument splitting.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Largest value accepted for one variable; larger values are refused, never truncated.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Turns the task's `variable` JSON object into name → text. Numbers and
+/// booleans become their text; other types and bad names are refused.
+pub fn normalize(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(out),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err("variable: must be an object of name: value".into()),
+    };
+    for (k, v) in obj {
+        crate::jobs::check_var_name(k).map_err(|e| format!("variable: {e}"))?;
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => String::new(),
+            _ => return Err(format!("variable.{k}: must be a string, number or boolean")),
+        };
+        if text.contains('\0') {
+            return Err(format!("variable.{k}: must not contain NUL"));
+        }
+        if text.len() > MAX_VALUE_BYTES {
+            return Err(format!("variable.{k}: longer than {MAX_VALUE_BYTES} bytes"));
+        }
+        out.insert(k.clone(), text);
+    }
+    Ok(out)
+}
+
+/// The `${name}` references in `text`, in order.
+pub fn references(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i + 2..];
+        match after.find('}') {
+            Some(j) => {
+                out.push(after[..j].to_string());
+                rest = &after[j + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Replaces every `${name}` in one pass (a value containing `${…}` is not
+/// expanded again). Unknown names are an error naming them.
+pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i + 2..];
+        let Some(j) = after.find('}') else { break };
+        let name = &after[..j];
+        let val = vars
+            .get(name)
+            .ok_or_else(|| format!("unknown variable ${{{name}}}"))?;
+        out.push_str(&rest[..i]);
+        out.push_str(val);
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Splits an `args` string into words with shell quoting rules (no expansion).
+pub fn split_args(args: &str) -> Result<Vec<String>, String> {
+    shlex::split(args).ok_or_else(|| "unbalanced quotes".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vars(p: &[(&str, &str)]) -> BTreeMap<String, String> {
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn substitution_is_single_pass() {
+        let v = vars(&[("a", "${b}"), ("b", "x")]);
+        assert_eq!(substitute("<${a}>", &v).as_deref(), Ok("<${b}>"));
+        assert_eq!(substitute("${b}${b}", &v).as_deref(), Ok("xx"));
+        assert_eq!(
+            substitute("no vars $a {b}", &v).as_deref(),
+            Ok("no vars $a {b}")
+        );
+        assert_eq!(substitute("open ${b", &v).as_deref(), Ok("open ${b"));
+        assert!(substitute("${zzz}", &v).unwrap_err().contains("${zzz}"));
+    }
+
+    #[test]
+    fn references_in_order() {
+        assert_eq!(references("${a} and ${b} ${"), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn normalize_types() {
+        let n = normalize(Some(&json!({"v": 1, "b": true, "s": "x y"}))).expect("valid");
+        assert_eq!(n["v"], "1");
+        assert_eq!(n["b"], "true");
+        assert_eq!(n["s"], "x y");
+        assert!(normalize(Some(&json!({"PATH": "x"}))).is_err());
+        assert!(normalize(Some(&json!({"a": [1]}))).is_err());
+        assert!(normalize(Some(&json!([1]))).is_err());
+        let big = "x".repeat(MAX_VALUE_BYTES + 1);
+        assert!(normalize(Some(&json!({ "a": big })))
+            .unwrap_err()
+            .contains("variable.a"));
+    }
+
+    #[test]
+    fn args_split() {
+        assert_eq!(
+            split_args("a 'b c' \"d\\\"e\"").expect("ok"),
+            vec!["a", "b c", "d\"e"]
+        );
+        assert!(split_args("'x").is_err());
+    }
+}
