@@ -1,1 +1,186 @@
-//! placeholder
+//! The `local` executor plugin: runs steps on the daemon host.
+//!
+//! * `cmd` steps: the script is written to a private temporary file (mode
+//!   0600, removed afterwards) and run as `<interpreter> <file> <args…>`;
+//!   `bash`, `sh`, `python3` and `perl` are looked up in `PATH`, an absolute
+//!   path is used as is. The environment is the daemon's plus the request's
+//!   `env`. The working directory is `workdir` from the configuration,
+//!   default the system temporary directory (`$TMPDIR` or `/tmp`) — never
+//!   the data directory, where a careless `rm` would hit the store.
+//! * Each run is its own process group, led by a watchdog (see
+//!   `driver::WATCHDOG`). Timeout and cancel send SIGTERM to the group, then
+//!   SIGKILL after `kill_grace_secs`. When the step exits, whatever it left
+//!   running in its group is killed too: a step leaves nothing behind (hand
+//!   long-lived services to the service manager). If the daemon dies, even
+//!   by SIGKILL, the watchdog kills the group.
+//! * Output is streamed line by line; lines longer than 32 KiB are split.
+//! * `scp` steps copy locally; see the `scp` module for the exact semantics.
+//!
+//! Configuration (`[plugins.local]`, all optional): `workdir` (path),
+//! `kill_grace_secs` (default 3), `copy_workers` (default 2).
+
+mod driver;
+mod lines;
+mod scp;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobx_plugin_api::{export_plugin, Executor, Reporter, RunId, StepKind, StepRequest};
+use serde::Deserialize;
+
+use crate::driver::{Driver, ScriptFile, Spec};
+use crate::scp::{Copier, CopyJob};
+
+#[derive(Deserialize, Debug)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    workdir: Option<PathBuf>,
+    kill_grace_secs: u64,
+    copy_workers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workdir: None,
+            kill_grace_secs: 3,
+            copy_workers: 2,
+        }
+    }
+}
+
+/// The executor.
+pub struct Local {
+    driver: Arc<Driver>,
+    copier: Copier,
+    workdir: PathBuf,
+    script_dir: PathBuf,
+}
+
+/// Interpreters looked up in `PATH`.
+const INTERPRETERS: &[&str] = &["bash", "sh", "python3", "perl"];
+
+/// Resolves an interpreter name to an executable path.
+fn resolve_interpreter(name: &str) -> Result<PathBuf, String> {
+    let path = Path::new(name);
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    if !INTERPRETERS.contains(&name) {
+        return Err(format!(
+            "unsupported interpreter {name:?}: use bash, sh, python3, perl or an absolute path"
+        ));
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| format!("interpreter {name} not found in PATH"))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl Executor for Local {
+    const TYPE: &'static str = "local";
+
+    fn new(config: serde_json::Value) -> Result<Self, String> {
+        let config: Config = serde_json::from_value(config)
+            .map_err(|e| format!("invalid [plugins.local] configuration: {e}"))?;
+        let workdir = config.workdir.unwrap_or_else(std::env::temp_dir);
+        let driver = Driver::spawn(Duration::from_secs(config.kill_grace_secs))
+            .map_err(|e| format!("cannot start the local executor: {e}"))?;
+        let copier = Copier::spawn(config.copy_workers)
+            .map_err(|e| format!("cannot start the local copy workers: {e}"))?;
+        Ok(Local {
+            driver,
+            copier,
+            workdir,
+            script_dir: std::env::temp_dir(),
+        })
+    }
+
+    fn start(&self, run: RunId, step: StepRequest, out: Reporter) -> Result<(), String> {
+        match step.kind {
+            StepKind::Cmd {
+                script,
+                interpreter,
+                args,
+            } => {
+                let program = resolve_interpreter(&interpreter)?;
+                let script =
+                    ScriptFile::create(&self.script_dir, &step.step, &script).map_err(|e| {
+                        format!(
+                            "cannot write the script to {}: {e}",
+                            self.script_dir.display()
+                        )
+                    })?;
+                let mut argv = Vec::with_capacity(args.len() + 1);
+                argv.push(script.path().to_string_lossy().into_owned());
+                argv.extend(args);
+                let spec = Spec {
+                    program,
+                    args: argv,
+                    env: step.env.into_iter().collect(),
+                    cwd: self.workdir.clone(),
+                    timeout_secs: step.timeout_secs,
+                };
+                self.driver.start(run, spec, script, out)
+            }
+            StepKind::Scp {
+                src,
+                dst,
+                chmod,
+                chown,
+                delete,
+            } => {
+                self.copier.submit(CopyJob {
+                    run,
+                    src: PathBuf::from(src),
+                    dst,
+                    chmod,
+                    chown,
+                    delete,
+                    timeout_secs: step.timeout_secs,
+                    out,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn cancel(&self, run: RunId) {
+        if !self.copier.cancel(run) {
+            self.driver.cancel(run);
+        }
+    }
+}
+
+export_plugin!(Local);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpreters() {
+        assert!(resolve_interpreter("sh").unwrap().is_absolute());
+        assert_eq!(
+            resolve_interpreter("/opt/x/bin/ruby").unwrap(),
+            PathBuf::from("/opt/x/bin/ruby")
+        );
+        assert!(resolve_interpreter("ruby").is_err());
+        assert!(resolve_interpreter("../bash").is_err());
+    }
+
+    #[test]
+    fn config_defaults_and_typos() {
+        let c: Config = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(c.kill_grace_secs, 3);
+        assert!(serde_json::from_value::<Config>(serde_json::json!({"workdirr": "/"})).is_err());
+    }
+}
