@@ -24,18 +24,21 @@ use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::lines::LineSplitter;
 
-/// The watchdog, run as `sh -c WATCHDOG jobx-watchdog <program> <args…>`.
+/// The watchdog, run as
+/// `sh -c WATCHDOG jobx-watchdog <script file> <program> <args…>`.
 /// It is a fixed text: step data only ever reaches it as arguments.
 ///
 /// * fd 0 is the lifeline; it is moved to fd 3 and stdin becomes /dev/null.
 /// * A background subshell blocks reading the lifeline; EOF (the daemon is
-///   gone, or it closed the pipe) makes it `kill -9 0`: the whole group. It
-///   ignores SIGTERM so it survives the group SIGTERM of a timeout or cancel.
+///   gone, or it closed the pipe) makes it remove the script file (nobody
+///   else will) and `kill -9 0`: the whole group. It ignores SIGTERM so it
+///   survives the group SIGTERM of a timeout or cancel.
 /// * The step runs in the background without fd 3. The watchdog traps
 ///   SIGTERM (a handler, so the step does not inherit an ignored signal) to
 ///   keep waiting through the grace period, and exits with the step's status.
-pub const WATCHDOG: &str = r#"exec 3<&0 0</dev/null
-{ trap '' TERM; read -r _ <&3; kill -9 0; } &
+pub const WATCHDOG: &str = r#"f=$1; shift
+exec 3<&0 0</dev/null
+{ trap '' TERM; read -r _ <&3; rm -f -- "$f"; kill -9 0; } &
 w=$!
 exec 3<&-
 trap : TERM
@@ -427,6 +430,7 @@ impl Driver {
         cmd.arg("-c")
             .arg(WATCHDOG)
             .arg("jobx-watchdog")
+            .arg(script.path())
             .arg(&spec.program)
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))

@@ -42,7 +42,9 @@ fn plugins() -> &'static PluginSet {
         std::fs::copy(built_library(), dir.join("libjobx_plugin_local.so")).expect("copy plugin");
         let mut configs = serde_json::Map::new();
         configs.insert("local".into(), serde_json::json!({"kill_grace_secs": 1}));
-        let set = PluginSet::load(&[dir], &configs).expect("load plugin");
+        let set = PluginSet::load(&[dir.clone()], &configs).expect("load plugin");
+        // The loaded library stays mapped; the copy is no longer needed.
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(set.types(), vec!["local".to_string()]);
         set
     })
@@ -404,6 +406,17 @@ fn step_processes_die_with_the_daemon() {
     let _ = daemon.wait();
     wait_until("step processes gone", Duration::from_secs(10), || {
         processes_with(&mark).is_empty()
+    });
+    // The watchdog also removed the script file the dead daemon left.
+    let prefix = format!("jobx-s1-{}-", daemon.id());
+    wait_until("script file removed", Duration::from_secs(10), || {
+        std::fs::read_dir(std::env::temp_dir())
+            .map(|entries| {
+                !entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            })
+            .unwrap_or(true)
     });
 }
 
