@@ -39,3 +39,8 @@ pub trait RunSink: Send + Sync {
     /// The run ended.
     fn done(&self, result: StepResult);
 }
+
+/// The README's examples compile.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -50,7 +50,7 @@ fn build_fixture(dir: &Path, file_name: &str, cfg: Option<&str>) -> PathBuf {
 fn a_library_of_another_abi_version_is_refused() {
     let dir = scratch("v2");
     let file = build_fixture(&dir, "libjobx_plugin_future.so", None);
-    let err = PluginSet::load(&[dir.clone()], &serde_json::Map::new()).unwrap_err();
+    let err = PluginSet::load(std::slice::from_ref(&dir), &serde_json::Map::new()).unwrap_err();
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert!(err.contains("ABI version 2"), "{err}");
     assert!(err.contains("supports ABI version 1"), "{err}");
@@ -59,7 +59,7 @@ fn a_library_of_another_abi_version_is_refused() {
 
     let dir = scratch("v99");
     let file = build_fixture(&dir, "libjobx_plugin_liar.so", Some("v1_symbol"));
-    let err = PluginSet::load(&[dir.clone()], &serde_json::Map::new()).unwrap_err();
+    let err = PluginSet::load(std::slice::from_ref(&dir), &serde_json::Map::new()).unwrap_err();
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert!(err.contains("ABI version 99"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -84,7 +84,7 @@ fn a_broken_library_is_named() {
     let dir = scratch("broken");
     let file = dir.join("libjobx_plugin_broken.so");
     std::fs::write(&file, "garbage").unwrap();
-    let err = PluginSet::load(&[dir.clone()], &serde_json::Map::new()).unwrap_err();
+    let err = PluginSet::load(std::slice::from_ref(&dir), &serde_json::Map::new()).unwrap_err();
     assert!(err.contains(&file.display().to_string()), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -164,7 +164,7 @@ fn the_local_plugin_loads_and_runs_a_step() {
     // A configuration the plugin rejects stops the load, naming the file.
     let mut configs = serde_json::Map::new();
     configs.insert("local".into(), serde_json::json!({"no_such_key": 1}));
-    let err = PluginSet::load(&[first.clone()], &configs).unwrap_err();
+    let err = PluginSet::load(std::slice::from_ref(&first), &configs).unwrap_err();
     assert!(
         err.contains("libjobx_plugin_local.so: plugin local:"),
         "{err}"

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -148,9 +148,19 @@ enum Ending {
     Cancelled,
 }
 
-struct Pipe<R> {
-    src: R,
+/// An output pipe (stdout and stderr as one type) and its partial line.
+struct Pipe {
+    src: std::fs::File,
     split: LineSplitter,
+}
+
+impl Pipe {
+    fn new(fd: impl Into<OwnedFd>) -> Pipe {
+        Pipe {
+            src: std::fs::File::from(fd.into()),
+            split: LineSplitter::default(),
+        }
+    }
 }
 
 /// One running step process (the watchdog and its group).
@@ -161,8 +171,8 @@ struct Proc {
     pgid: Pid,
     pidfd: Option<OwnedFd>,
     lifeline: Option<ChildStdin>,
-    stdout: Option<Pipe<ChildStdout>>,
-    stderr: Option<Pipe<ChildStderr>>,
+    stdout: Option<Pipe>,
+    stderr: Option<Pipe>,
     deadline: Option<Instant>,
     timeout_secs: u64,
     ending: Option<Ending>,
@@ -201,32 +211,23 @@ impl Proc {
     }
 
     /// Reads what a ready pipe has (one read cannot block after `poll`).
-    fn read(&mut self, which: Which) {
-        let mut buf = vec![0u8; CHUNK];
-        let out = &self.out;
-        let (stream, result) = match which {
-            Which::Out => match self.stdout.as_mut() {
-                Some(p) => (
-                    Stream::Stdout,
-                    read_pipe(&mut p.src, &mut p.split, &mut buf, out, Stream::Stdout),
-                ),
-                None => return,
-            },
-            Which::Err => match self.stderr.as_mut() {
-                Some(p) => (
-                    Stream::Stderr,
-                    read_pipe(&mut p.src, &mut p.split, &mut buf, out, Stream::Stderr),
-                ),
-                None => return,
-            },
+    fn read(&mut self, which: Which, buf: &mut [u8]) {
+        let (pipe, stream) = match which {
+            Which::Out => (&mut self.stdout, Stream::Stdout),
+            Which::Err => (&mut self.stderr, Stream::Stderr),
             Which::PidFd => return,
         };
-        if !result {
-            // EOF or error: the pipe is finished.
-            match stream {
-                Stream::Stdout => close_pipe(&mut self.stdout, out, stream),
-                _ => close_pipe(&mut self.stderr, out, stream),
+        let Some(p) = pipe.as_mut() else { return };
+        let open = match p.src.read(buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                p.split.push(&buf[..n], |line| self.out.line(stream, line));
+                true
             }
+            Err(e) => e.kind() == io::ErrorKind::Interrupted,
+        };
+        if !open {
+            close_pipe(pipe, &self.out, stream);
         }
     }
 
@@ -333,30 +334,7 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// Reads once; returns false on EOF or error.
-fn read_pipe(
-    src: &mut impl Read,
-    split: &mut LineSplitter,
-    buf: &mut [u8],
-    out: &Reporter,
-    stream: Stream,
-) -> bool {
-    match src.read(buf) {
-        Ok(0) => false,
-        Ok(n) => {
-            split.push(&buf[..n], |line| out.line(stream, line));
-            true
-        }
-        Err(e)
-            if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock =>
-        {
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-fn close_pipe<R>(pipe: &mut Option<Pipe<R>>, out: &Reporter, stream: Stream) {
+fn close_pipe(pipe: &mut Option<Pipe>, out: &Reporter, stream: Stream) {
     if let Some(mut p) = pipe.take() {
         p.split.finish(|line| out.line(stream, line));
     }
@@ -452,14 +430,8 @@ impl Driver {
             pgid,
             pidfd,
             lifeline: child.stdin.take(),
-            stdout: child.stdout.take().map(|src| Pipe {
-                src,
-                split: LineSplitter::default(),
-            }),
-            stderr: child.stderr.take().map(|src| Pipe {
-                src,
-                split: LineSplitter::default(),
-            }),
+            stdout: child.stdout.take().map(Pipe::new),
+            stderr: child.stderr.take().map(Pipe::new),
             child,
             deadline: (spec.timeout_secs > 0)
                 .then(|| Instant::now() + Duration::from_secs(spec.timeout_secs)),
@@ -488,6 +460,7 @@ struct EventLoop {
 impl EventLoop {
     fn run(&mut self) {
         let grace = self.driver.grace;
+        let mut buf = vec![0u8; CHUNK];
         loop {
             let msgs = std::mem::take(&mut *lock(&self.driver.queue));
             for msg in msgs {
@@ -514,7 +487,7 @@ impl EventLoop {
             for (i, which) in ready {
                 match which {
                     Which::PidFd => self.procs[i].check_exit(),
-                    other => self.procs[i].read(other),
+                    other => self.procs[i].read(other, &mut buf),
                 }
             }
 

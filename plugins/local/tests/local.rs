@@ -42,7 +42,7 @@ fn plugins() -> &'static PluginSet {
         std::fs::copy(built_library(), dir.join("libjobx_plugin_local.so")).expect("copy plugin");
         let mut configs = serde_json::Map::new();
         configs.insert("local".into(), serde_json::json!({"kill_grace_secs": 1}));
-        let set = PluginSet::load(&[dir.clone()], &configs).expect("load plugin");
+        let set = PluginSet::load(std::slice::from_ref(&dir), &configs).expect("load plugin");
         // The loaded library stays mapped; the copy is no longer needed.
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(set.types(), vec!["local".to_string()]);
