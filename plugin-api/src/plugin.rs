@@ -1,5 +1,5 @@
 //! The plugin side: the [`Executor`] trait and the glue that turns it into
-//! the C table of [`abi`](crate::abi).
+//! the C table of [`abi`].
 
 use std::any::Any;
 use std::ffi::c_void;

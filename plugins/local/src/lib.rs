@@ -16,6 +16,8 @@
 //! * Output is streamed line by line; lines longer than 32 KiB are split.
 //! * `scp` steps copy locally; see the `scp` module for the exact semantics.
 //!
+//! A `timeout_secs` of 0 means no time limit.
+//!
 //! Configuration (`[plugins.local]`, all optional): `workdir` (path),
 //! `kill_grace_secs` (default 3), `copy_workers` (default 2).
 
@@ -92,6 +94,12 @@ impl Executor for Local {
         let config: Config = serde_json::from_value(config)
             .map_err(|e| format!("invalid [plugins.local] configuration: {e}"))?;
         let workdir = config.workdir.unwrap_or_else(std::env::temp_dir);
+        if !workdir.is_dir() {
+            return Err(format!(
+                "[plugins.local] workdir {} is not a directory",
+                workdir.display()
+            ));
+        }
         let driver = Driver::spawn(Duration::from_secs(config.kill_grace_secs))
             .map_err(|e| format!("cannot start the local executor: {e}"))?;
         let copier = Copier::spawn(config.copy_workers)

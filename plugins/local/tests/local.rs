@@ -287,6 +287,15 @@ fn unsupported_interpreter_fails_the_step() {
 }
 
 #[test]
+fn nul_bytes_fail_the_step_cleanly() {
+    let (_, result) = run(&cmd("echo x", "sh", &[], &[("BAD", "a\0b")]));
+    let err = result.error.expect("an error");
+    assert!(err.contains("nul byte"), "{err}");
+    let (_, result) = run(&cmd("echo x", "sh", &["a\0b"], &[]));
+    assert!(result.error.is_some());
+}
+
+#[test]
 fn working_directory_is_the_temp_dir() {
     let (sink, result) = run(&cmd("pwd", "sh", &[], &[]));
     assert_eq!(result, StepResult::exited(0));
