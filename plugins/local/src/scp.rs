@@ -198,6 +198,13 @@ fn copy_job(job: &CopyJob, limits: &Limits) -> Result<String, String> {
     let mut stats = Stats::default();
     let target = if meta.is_dir() {
         let dst = PathBuf::from(&job.dst);
+        if inside(&dst, &job.src) {
+            return Err(format!(
+                "scp: {} is inside {}: it would copy itself forever",
+                dst.display(),
+                job.src.display()
+            ));
+        }
         copy_dir(&job.src, &dst, job.delete, limits, &mut stats)?;
         dst
     } else {
@@ -235,6 +242,29 @@ fn copy_job(job: &CopyJob, limits: &Limits) -> Result<String, String> {
         summary.push_str(&format!(", removed {} extra entr(ies)", stats.removed));
     }
     Ok(summary)
+}
+
+/// Whether `path` is `dir` or lies under it (resolving what exists of it).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    // The destination may not exist yet: resolve its longest existing prefix.
+    let mut probe = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = probe.canonicalize() {
+            let full: PathBuf = real.join(rest.iter().rev().collect::<PathBuf>());
+            return full.starts_with(&dir);
+        }
+        match (probe.file_name(), probe.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                probe = parent.to_path_buf();
+            }
+            _ => return false,
+        }
+    }
 }
 
 fn chown(owner: &str, target: &Path, out: &Reporter) -> Result<(), String> {
@@ -400,6 +430,19 @@ fn copy_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destination_inside_source() {
+        let root =
+            std::env::temp_dir().join(format!("jobx-scp-inside-{}", crate::driver::unique()));
+        fs::create_dir_all(root.join("src/sub")).unwrap();
+        assert!(inside(&root.join("src"), &root.join("src")));
+        assert!(inside(&root.join("src/sub/new/deeper"), &root.join("src")));
+        assert!(inside(&root.join("src/../src/x"), &root.join("src")));
+        assert!(!inside(&root.join("srcx"), &root.join("src")));
+        assert!(!inside(&root.join("dst"), &root.join("src")));
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn modes() {
