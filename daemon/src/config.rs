@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// The default configuration, compiled in.
 pub const EMBEDDED: &str = include_str!("../../config/jobxd.toml");
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: Server,
@@ -69,19 +69,6 @@ pub struct Plugins {
     /// `[plugins.<type>]` tables, handed to each plugin as JSON.
     #[serde(flatten)]
     pub settings: BTreeMap<String, toml::Value>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: Server::default(),
-            storage: Storage::default(),
-            engine: Engine::default(),
-            logs: Logs::default(),
-            auth: Auth::default(),
-            plugins: Plugins::default(),
-        }
-    }
 }
 
 impl Default for Server {

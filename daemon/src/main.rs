@@ -6,10 +6,12 @@ mod batching;
 mod cli;
 mod clock;
 mod config;
+mod engine;
 mod error;
 mod ids;
 mod jobs;
 mod logger;
+mod logs;
 mod model;
 mod server;
 mod state;
@@ -87,8 +89,20 @@ fn run(cfg: config::Config) -> Result<(), String> {
     } else {
         auth::Tokens::from_config(&cfg.auth.tokens)
     };
+    let plugins =
+        jobx_plugin_api::host::PluginSet::load(&cfg.plugin_dirs(), &cfg.plugin_settings())?;
+    for (ty, file) in plugins.files() {
+        log::info!("plugin {ty} loaded from {}", file.display());
+    }
     let listen = cfg.server.listen.clone();
-    let app = Arc::new(state::App::new(cfg, store, tokens, Default::default()));
+    let engine = engine::Engine::new(Arc::new(store), Arc::new(plugins), &cfg, cfg.slave_name());
+    let resumed = engine
+        .recover()
+        .map_err(|e| format!("restart recovery: {e}"))?;
+    if resumed > 0 {
+        log::info!("resumed {resumed} unfinished task(s)");
+    }
+    let app = Arc::new(state::App::new(cfg, engine.clone(), tokens));
     async_std::task::block_on(async {
         let listener = async_std::net::TcpListener::bind(&listen)
             .await
@@ -103,7 +117,8 @@ fn run(cfg: config::Config) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })?;
-    // Dropping the last handle closes the store cleanly.
+    // Step logs queued so far are committed; dropping the last handle closes the store.
+    engine.logs.close();
     drop(app);
     log::info!("stopped");
     Ok(())

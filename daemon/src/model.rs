@@ -145,3 +145,166 @@ impl OpLog {
         })
     }
 }
+
+/// One execution of a job over a group (a deploy, or a rollback partner).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Task {
+    pub id: u64,
+    pub projectid: u64,
+    pub uuid: String,
+    /// The job name.
+    pub name: String,
+    /// The group the batches came from (name, `val=…`, `_pip_` or a node).
+    pub group: String,
+    pub user: String,
+    pub slave: String,
+    pub status: String,
+    pub created_ms: i64,
+    pub start_ms: Option<i64>,
+    pub finish_ms: Option<i64>,
+    pub calltype: String,
+    pub reason: String,
+    /// The `variable` object exactly as given at creation.
+    pub variable: serde_json::Value,
+    /// Normalised variables (name → text) the steps see.
+    pub vars: BTreeMap<String, String>,
+    /// The job as it was when the task was created.
+    pub steps: Vec<Step>,
+    /// The nodes of the batches as they were when the task was created.
+    pub nodes: BTreeMap<String, Node>,
+    pub batches: u32,
+    /// `deploy` or `rollback`.
+    pub action: String,
+    /// Set once by a stop; never cleared (the stop is sticky).
+    pub stopped_by: Option<String>,
+    /// Rollback decision of a deploy: "" (none expected), "pending",
+    /// "rollback" or "norollback".
+    pub decision: String,
+}
+
+impl Task {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "success" | "fail" | "refuse")
+    }
+
+    pub fn runtime(&self) -> Option<String> {
+        let start = self.start_ms?;
+        let end = self.finish_ms.unwrap_or_else(crate::clock::now_ms);
+        Some(format!("{:.3}", (end - start).max(0) as f64 / 1000.0))
+    }
+
+    pub fn to_api(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "projectid": self.projectid,
+            "uuid": self.uuid,
+            "name": self.name,
+            "group": self.group,
+            "user": self.user,
+            "slave": self.slave,
+            "status": self.status,
+            "starttime": self.start_ms.map(crate::clock::local),
+            "finishtime": self.finish_ms.map(crate::clock::local),
+            "starttimems": self.start_ms.map(|m| m as f64 / 1000.0),
+            "finishtimems": self.finish_ms.map(|m| m as f64 / 1000.0),
+            "runtime": self.runtime(),
+            "calltype": self.calltype,
+            "reason": self.reason,
+            "variable": self.variable,
+        })
+    }
+}
+
+/// One batch of a task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Subtask {
+    pub id: u64,
+    pub parent_uuid: String,
+    pub uuid: String,
+    /// 0-based position in the task.
+    pub idx: u32,
+    pub nodes: Vec<String>,
+    pub status: String,
+    pub confirm: Option<String>,
+    pub start_ms: Option<i64>,
+    pub finish_ms: Option<i64>,
+    pub reason: String,
+    /// Where a failed batch stopped: the step index and the nodes it failed on
+    /// (what a retry re-runs).
+    pub failed_step: Option<usize>,
+    pub failed_nodes: Vec<String>,
+    /// Set by "retry": the next run starts at `failed_step` on `failed_nodes`.
+    pub retry: bool,
+}
+
+impl Subtask {
+    pub fn waiting(&self) -> bool {
+        self.confirm.as_deref() == Some("WaitConfirm")
+    }
+
+    pub fn to_api(&self) -> serde_json::Value {
+        let runtime = self.start_ms.map(|s| {
+            let end = self.finish_ms.unwrap_or_else(crate::clock::now_ms);
+            format!("{:.3}", (end - s).max(0) as f64 / 1000.0)
+        });
+        serde_json::json!({
+            "id": self.id,
+            "parent_uuid": self.parent_uuid,
+            "uuid": self.uuid,
+            "nodelist": self.nodes.join(","),
+            "nodecount": self.nodes.len(),
+            "starttime": self.start_ms.map(crate::clock::local),
+            "finishtime": self.finish_ms.map(crate::clock::local),
+            "runtime": runtime,
+            "status": self.status,
+            "confirm": self.confirm,
+            "reason": self.reason,
+        })
+    }
+}
+
+/// A pending or decided approval step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Approval {
+    pub uuid: String,
+    pub projectid: u64,
+    pub taskuuid: String,
+    pub subtaskuuid: String,
+    pub step: String,
+    pub approvers: Vec<String>,
+    pub message: String,
+    pub everyone: bool,
+    pub created_ms: i64,
+    pub deadline_ms: i64,
+    /// approver → "agree" | "refuse"
+    pub opinions: BTreeMap<String, String>,
+    /// "pending", "agree", "refuse", "timeout" or "cancel".
+    pub status: String,
+}
+
+impl Approval {
+    pub fn to_api(&self) -> serde_json::Value {
+        serde_json::json!({
+            "uuid": self.uuid,
+            "taskuuid": self.taskuuid,
+            "subtaskuuid": self.subtaskuuid,
+            "step": self.step,
+            "approvers": self.approvers,
+            "message": self.message,
+            "everyone": self.everyone,
+            "opinions": self.opinions,
+            "status": self.status,
+            "create_time": crate::clock::local(self.created_ms),
+        })
+    }
+}
+
+/// One line of step output or one step event.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub time: i64,
+    pub node: String,
+    /// stdout, stderr or info.
+    pub stream: String,
+    pub text: String,
+}

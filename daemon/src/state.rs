@@ -2,29 +2,28 @@
 
 use crate::auth::Tokens;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::store::Store;
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 pub struct App {
     pub config: Config,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub engine: Arc<Engine>,
     pub slave: String,
     tokens: RwLock<Arc<Tokens>>,
     plugin_types: BTreeSet<String>,
 }
 
 impl App {
-    pub fn new(
-        config: Config,
-        store: Store,
-        tokens: Tokens,
-        plugin_types: BTreeSet<String>,
-    ) -> App {
+    pub fn new(config: Config, engine: Arc<Engine>, tokens: Tokens) -> App {
         let slave = config.slave_name();
+        let plugin_types = engine.plugins.types().into_iter().collect();
         App {
             config,
-            store,
+            store: engine.store.clone(),
+            engine,
             slave,
             tokens: RwLock::new(Arc::new(tokens)),
             plugin_types,

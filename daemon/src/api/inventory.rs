@@ -283,32 +283,6 @@ async fn group_delete(req: Req) -> Result<Reply> {
     Ok(Reply::Data(Value::Bool(true)))
 }
 
-/// Batches of a group computed from the current inventories. Other projects
-/// named by a selection rule are read only if the caller may read them too.
-pub fn compute_batches(
-    store: &crate::store::Store,
-    who: &Principal,
-    pid: u64,
-    g: &Group,
-) -> Result<Vec<Vec<String>>> {
-    let ty = GroupType::parse(&g.group_type)
-        .ok_or_else(|| Error::Internal(format!("stored group {} has a bad type", g.id)))?;
-    let rule =
-        batching::parse(ty, &g.text).map_err(|e| Error::Bad(format!("group {}: {e}", g.name)))?;
-    let mut others = BTreeMap::new();
-    for other in rule.referenced_projects() {
-        if other != pid && !who.may(other, Role::Read) {
-            return Err(Error::Forbidden(format!(
-                "group {} reads project {other}, which token {:?} may not read",
-                g.name, who.name
-            )));
-        }
-        others.insert(other, store.node_names(other)?);
-    }
-    let inventory = store.node_names(pid)?;
-    Ok(rule.batches(&inventory, &|p| others.get(&p).cloned().unwrap_or_default()))
-}
-
 async fn group_preview(req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Read)?;
     let id = group_id(&req)?;
@@ -316,7 +290,7 @@ async fn group_preview(req: Req) -> Result<Reply> {
         let g = s
             .group(pid, id)?
             .ok_or_else(|| Error::NotFound(format!("no group {id} in project {pid}")))?;
-        compute_batches(s, &who, pid, &g)
+        crate::engine::compute_batches(s, &who, pid, &g)
     })
     .await?;
     Ok(Reply::Data(json!(batches)))

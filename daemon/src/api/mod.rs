@@ -2,11 +2,12 @@
 //! Everything tide-specific stays in this module.
 
 mod inventory;
+mod tasks;
 
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
 use crate::state::App;
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, FutureExt};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -183,7 +184,6 @@ pub fn opt_str(b: &Map<String, Value>, key: &str) -> Result<Option<String>> {
     match b.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(Error::Bad(format!("{key}: must be a string"))),
     }
 }
@@ -210,6 +210,7 @@ pub fn routes(app: Arc<App>) -> tide::Server<Arc<App>> {
     let mut s = tide::with_state(app);
     s.at("/mon").get(h(mon));
     inventory::routes(&mut s);
+    tasks::routes(&mut s);
     s.at("*").all(h(not_found));
     s.at("/").all(h(not_found));
     s

@@ -4,6 +4,9 @@
 //! transaction as the change it describes.
 
 mod inventory;
+mod tasks;
+
+pub use tasks::{TaskFilter, Tx};
 
 use crate::error::{Error, Result};
 use crate::model::OpLog;
@@ -96,7 +99,7 @@ impl Store {
             tx.open_table(GROUP_NAMES)?;
             tx.open_table(GROUP_INDEX)?;
             tx.open_table(OPLOG)?;
-            Ok(())
+            tasks::create_tables(tx)
         })?;
         Ok(store)
     }

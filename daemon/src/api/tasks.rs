@@ -1,0 +1,456 @@
+//! Tasks, batches, approvals and step logs.
+
+use super::*;
+use crate::engine::NewTask;
+use crate::logs::{parse_key, KeyKind};
+use crate::model::{Subtask, Task};
+use crate::store::TaskFilter;
+
+pub fn routes(s: &mut tide::Server<Arc<App>>) {
+    s.at("/task/:projectid").get(h(task_list));
+    s.at("/task/:projectid/count").get(h(task_count));
+    s.at("/task/:projectid/job/byname").post(h(task_create));
+    s.at("/task/:projectid/:uuid")
+        .get(h(task_get))
+        .put(h(task_stop))
+        .delete(h(task_stop));
+    s.at("/task/:projectid/:uuid/rollback")
+        .put(h(task_rollback));
+    s.at("/task/:projectid/:uuid/norollback")
+        .put(h(task_norollback));
+    s.at("/subtask/:projectid/:taskuuid").get(h(subtask_list));
+    s.at("/subtask/:projectid/:subtaskuuid/confirm")
+        .put(h(subtask_confirm));
+    s.at("/approval/:projectid").get(h(approval_list));
+    s.at("/approval/:projectid/:uuid").put(h(approval_decide));
+    s.at("/slave/:slave/log/:key").get(step_log);
+}
+
+pub(super) async fn run<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let app = app.clone();
+    blocking::unblock(move || f(&app)).await
+}
+
+/// The `variable` field: an object, or a JSON object in a string (form bodies).
+pub(super) fn variable_of(b: &Map<String, Value>) -> Result<Value> {
+    match b.get("variable") {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(Value::Object(m)) => Ok(Value::Object(m.clone())),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Value::Object(Map::new())),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            _ => Err(Error::Bad(
+                "variable: must be an object of name: value".into(),
+            )),
+        },
+        Some(_) => Err(Error::Bad(
+            "variable: must be an object of name: value".into(),
+        )),
+    }
+}
+
+async fn task_create(mut req: Req) -> Result<Reply> {
+    let (pid, who) = project(&req, Role::Write)?;
+    let b = body(&mut req).await?;
+    let mut variable = variable_of(&b)?;
+    if let (Some(nb), Value::Object(m)) = (opt_str(&b, "_nodebatch_")?, &mut variable) {
+        m.insert("_nodebatch_".into(), Value::String(nb));
+    }
+    let new = NewTask {
+        project: pid,
+        jobname: req_str(&b, "jobname")?,
+        group: opt_str(&b, "group")?,
+        variable,
+        uuid: opt_str(&b, "uuid")?,
+        calltype: "api".into(),
+    };
+    let task = run(req.state(), move |app| {
+        let (task, subs) = app.engine.plan(&who, &new)?;
+        app.engine.create(&who, task, subs)
+    })
+    .await?;
+    Ok(Reply::Body(
+        json!({"stat": true, "uuid": task.uuid, "data": task.to_api()}),
+    ))
+}
+
+fn parse_limit(q: &BTreeMap<String, String>, default: usize, max: usize) -> Result<usize> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Error::Bad(format!("limit: must be 1 to {max}"))),
+        },
+    }
+}
+
+async fn task_list(req: Req) -> Result<Reply> {
+    let (pid, _) = project(&req, Role::Read)?;
+    let q = query(&req)?;
+    let day = |k: &str| -> Result<Option<i64>> {
+        match q.get(k).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(d) => crate::clock::local_day_start(d)
+                .map(Some)
+                .ok_or_else(|| Error::Bad(format!("{k}: {d:?} is not a date YYYY-MM-DD"))),
+        }
+    };
+    let to_ms = day("time_end")?.map(|d| d + 86_400_000);
+    let before_id = match q.get("before_id") {
+        None => None,
+        Some(b) => Some(
+            b.parse::<u64>()
+                .map_err(|_| Error::Bad("before_id: must be a task id".into()))?,
+        ),
+    };
+    let status = q.get("status").filter(|s| !s.is_empty()).cloned();
+    if let Some(s) = &status {
+        if !["init", "running", "success", "fail", "refuse"].contains(&s.as_str()) {
+            return Err(Error::Bad(format!(
+                "status: {s:?} is not init, running, success, fail or refuse"
+            )));
+        }
+    }
+    let f = TaskFilter {
+        name: q.get("name").filter(|s| !s.is_empty()).cloned(),
+        user: q.get("user").filter(|s| !s.is_empty()).cloned(),
+        status,
+        taskuuid: q.get("taskuuid").filter(|s| !s.is_empty()).cloned(),
+        from_ms: day("time_start")?,
+        to_ms,
+        before_id,
+        limit: parse_limit(&q, 1000, 10_000)?,
+    };
+    let tasks = run(req.state(), move |app| app.store.tasks(pid, &f)).await?;
+    Ok(Reply::Data(Value::Array(
+        tasks.iter().map(Task::to_api).collect(),
+    )))
+}
+
+async fn task_count(req: Req) -> Result<Reply> {
+    let (pid, _) = project(&req, Role::Read)?;
+    let now = crate::clock::now_ms();
+    let tasks = run(req.state(), move |app| {
+        app.store
+            .tasks_between(pid, crate::clock::month_start(now), i64::MAX)
+    })
+    .await?;
+    let mut counts: BTreeMap<String, u64> = ["success", "running", "fail"]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+    for t in &tasks {
+        *counts.entry(t.status.clone()).or_default() += 1;
+    }
+    Ok(Reply::Data(json!(counts)))
+}
+
+async fn task_get(req: Req) -> Result<Reply> {
+    let (pid, _) = project(&req, Role::Read)?;
+    let uuid = param(&req, "uuid")?.to_string();
+    let t = run(req.state(), move |app| app.engine.task_in(pid, &uuid)).await?;
+    Ok(Reply::Data(t.to_api()))
+}
+
+async fn task_stop(req: Req) -> Result<Reply> {
+    let (pid, who) = project(&req, Role::Control)?;
+    let uuid = param(&req, "uuid")?.to_string();
+    run(req.state(), move |app| app.engine.stop(pid, &uuid, &who)).await?;
+    Ok(Reply::Body(json!({"stat": true})))
+}
+
+async fn task_rollback(req: Req) -> Result<Reply> {
+    let (pid, who) = project(&req, Role::Control)?;
+    let uuid = param(&req, "uuid")?.to_string();
+    let rb = run(req.state(), move |app| {
+        app.engine.decide_rollback(pid, &uuid, &who, true)
+    })
+    .await?;
+    Ok(Reply::Body(json!({"stat": true, "info": "ok", "uuid": rb})))
+}
+
+async fn task_norollback(req: Req) -> Result<Reply> {
+    let (pid, who) = project(&req, Role::Control)?;
+    let uuid = param(&req, "uuid")?.to_string();
+    run(req.state(), move |app| {
+        app.engine.decide_rollback(pid, &uuid, &who, false)
+    })
+    .await?;
+    Ok(Reply::Body(json!({"stat": true, "info": "ok"})))
+}
+
+async fn subtask_list(req: Req) -> Result<Reply> {
+    let (pid, _) = project(&req, Role::Read)?;
+    let uuid = param(&req, "taskuuid")?.to_string();
+    let subs = run(req.state(), move |app| {
+        app.engine.task_in(pid, &uuid)?;
+        app.store.subtasks(&uuid)
+    })
+    .await?;
+    Ok(Reply::Data(Value::Array(
+        subs.iter().map(Subtask::to_api).collect(),
+    )))
+}
+
+async fn subtask_confirm(mut req: Req) -> Result<Reply> {
+    let (pid, who) = project(&req, Role::Control)?;
+    let uuid = param(&req, "subtaskuuid")?.to_string();
+    let b = body(&mut req).await?;
+    let retry = match opt_str(&b, "action")?.as_deref() {
+        None | Some("") | Some("continue") => false,
+        Some("retry") => true,
+        Some(other) => {
+            return Err(Error::Bad(format!(
+                "action: {other:?} is not continue or retry"
+            )))
+        }
+    };
+    run(req.state(), move |app| {
+        app.engine.confirm(pid, &uuid, &who, retry)
+    })
+    .await?;
+    Ok(Reply::Data(Value::Bool(true)))
+}
+
+async fn approval_list(req: Req) -> Result<Reply> {
+    let (pid, _) = project(&req, Role::Read)?;
+    let list = run(req.state(), move |app| app.store.pending_approvals(pid)).await?;
+    Ok(Reply::Data(Value::Array(
+        list.iter().map(|a| a.to_api()).collect(),
+    )))
+}
+
+async fn approval_decide(mut req: Req) -> Result<Reply> {
+    let (pid, who) = project(&req, Role::Read)?;
+    let uuid = param(&req, "uuid")?.to_string();
+    let b = body(&mut req).await?;
+    let agree = match opt_str(&b, "opinion")?.as_deref() {
+        Some("agree") => true,
+        Some("refuse") => false,
+        Some(other) => {
+            return Err(Error::Bad(format!(
+                "opinion: {other:?} is not agree or refuse"
+            )))
+        }
+        None => return Err(Error::Bad("opinion: missing (agree or refuse)".into())),
+    };
+    run(req.state(), move |app| {
+        app.engine.decide(pid, &uuid, &who, agree)
+    })
+    .await?;
+    Ok(Reply::Data(Value::Bool(true)))
+}
+
+/// Whether the work behind a log key has ended (no more records will come).
+fn log_completed(app: &App, task: &Task, sub: Option<&Subtask>) -> Result<bool> {
+    if task.is_finished() {
+        return Ok(true);
+    }
+    let Some(s) = sub else { return Ok(false) };
+    let s = app.store.subtask(&s.uuid)?.unwrap_or_else(|| s.clone());
+    Ok(matches!(s.status.as_str(), "success" | "cancel" | "refuse")
+        || (s.status == "fail" && crate::engine::plan::batch_settled(&s)))
+}
+
+/// Resolves a log key to its task (and batch) and checks read access.
+fn log_owner(app: &App, key: &str) -> Result<(Task, Option<Subtask>)> {
+    let kind = parse_key(key).ok_or_else(|| Error::NotFound("no such log".into()))?;
+    let (task_uuid, sub) = match kind {
+        KeyKind::Uuid(u) => match app.store.task(&u)? {
+            Some(t) => return Ok((t, None)),
+            None => {
+                let s = app
+                    .store
+                    .subtask(&u)?
+                    .ok_or_else(|| Error::NotFound("no such log".into()))?;
+                (s.parent_uuid.clone(), Some(s))
+            }
+        },
+        KeyKind::Step { subtask } => {
+            let s = app
+                .store
+                .subtask(&subtask)?
+                .ok_or_else(|| Error::NotFound("no such log".into()))?;
+            (s.parent_uuid.clone(), Some(s))
+        }
+    };
+    let t = app
+        .store
+        .task(&task_uuid)?
+        .ok_or_else(|| Error::NotFound("no such log".into()))?;
+    Ok((t, sub))
+}
+
+fn record_json(seq: u64, r: &crate::model::LogRecord) -> Value {
+    json!({"seq": seq, "time": r.time as f64 / 1000.0, "node": r.node, "stream": r.stream, "text": r.text})
+}
+
+fn record_line(r: &crate::model::LogRecord) -> String {
+    if r.node.is_empty() {
+        r.text.clone()
+    } else {
+        format!("[{}] {}", r.node, r.text)
+    }
+}
+
+async fn step_log(req: Req) -> tide::Result {
+    Ok(match step_log_inner(req).await {
+        Ok(r) => r,
+        Err(e) => render(Err(e)),
+    })
+}
+
+async fn step_log_inner(req: Req) -> Result<tide::Response> {
+    let app = req.state().clone();
+    let slave = param(&req, "slave")?;
+    if slave != app.slave {
+        return Err(Error::NotFound(format!(
+            "this daemon is {:?}, not {slave:?}",
+            app.slave
+        )));
+    }
+    let key = param(&req, "key")?.to_string();
+    let k2 = key.clone();
+    let (task, sub) = run(&app, move |app| log_owner(app, &k2)).await?;
+    authorize(&req, task.projectid, Role::Read)?;
+    let q = query(&req)?;
+    let wants_html = req
+        .header("accept")
+        .is_some_and(|a| a.last().as_str().contains("text/html"));
+    let format = q
+        .get("format")
+        .cloned()
+        .unwrap_or_else(|| if wants_html { "html" } else { "text" }.into());
+    match format.as_str() {
+        "text" => {
+            let mut out = String::new();
+            let mut offset = 0;
+            loop {
+                let k = key.clone();
+                let page = run(&app, move |app| app.store.logs(&k, offset, 5000)).await?;
+                let Some(last) = page.last() else { break };
+                offset = last.0;
+                for (_, r) in &page {
+                    out.push_str(&record_line(r));
+                    out.push('\n');
+                }
+            }
+            let mut r = tide::Response::new(200);
+            r.set_content_type(mime::PLAIN);
+            r.set_body(out);
+            Ok(r)
+        }
+        "json" => {
+            let offset = match q.get("offset") {
+                None => 0,
+                Some(o) => o
+                    .parse::<u64>()
+                    .map_err(|_| Error::Bad("offset: must be a number".into()))?,
+            };
+            let max = match q.get("max") {
+                None => 1000,
+                Some(m) => match m.parse::<usize>() {
+                    Ok(n) if (1..=10_000).contains(&n) => n,
+                    _ => return Err(Error::Bad("max: must be 1 to 10000".into())),
+                },
+            };
+            let k = key.clone();
+            let (t2, s2) = (task.clone(), sub.clone());
+            let (page, completed) = run(&app, move |app| {
+                // Read completion first: records written before the end are then all visible.
+                let done = log_completed(app, &t2, s2.as_ref())?;
+                Ok((app.store.logs(&k, offset, max)?, done))
+            })
+            .await?;
+            let next = page.last().map(|(s, _)| *s).unwrap_or(offset);
+            let complete = completed && page.len() < max;
+            let records: Vec<Value> = page.iter().map(|(s, r)| record_json(*s, r)).collect();
+            Ok(render(Ok(Reply::Data(
+                json!({"records": records, "next_offset": next, "completed": complete}),
+            ))))
+        }
+        "sse" => Ok(sse(req, app, key, task, sub)),
+        "html" => {
+            let k = key.clone();
+            let (t2, s2) = (task.clone(), sub.clone());
+            let (page, completed) = run(&app, move |app| {
+                let done = log_completed(app, &t2, s2.as_ref())?;
+                Ok((app.store.logs(&k, 0, 100_000)?, done))
+            })
+            .await?;
+            let last = page.last().map(|(s, _)| *s).unwrap_or(0);
+            let body: String = page
+                .iter()
+                .map(|(_, r)| {
+                    format!(
+                        "<div class=\"{}\">{}</div>",
+                        crate::logs::html_escape(&r.stream),
+                        crate::logs::ansi_to_html(&record_line(r))
+                    )
+                })
+                .collect();
+            let sse_url = format!("/slave/{}/log/{}?format=sse&offset={last}", app.slave, key);
+            let mut r = tide::Response::new(200);
+            r.set_content_type(mime::HTML);
+            r.set_body(crate::logs::page(
+                &format!("jobx log {key}"),
+                &body,
+                &sse_url,
+                completed,
+            ));
+            Ok(r)
+        }
+        other => Err(Error::Bad(format!(
+            "format: {other:?} is not text, json, sse or html"
+        ))),
+    }
+}
+
+/// Server-Sent Events: every record as JSON (so embedded newlines are safe),
+/// then `event: end` once the key's work has ended.
+fn sse(req: Req, app: Arc<App>, key: String, task: Task, sub: Option<Subtask>) -> tide::Response {
+    let start = query(&req)
+        .ok()
+        .and_then(|q| q.get("offset").and_then(|o| o.parse::<u64>().ok()))
+        .unwrap_or(0);
+    tide::sse::upgrade(req, move |_req, sender| {
+        let (app, key, task, sub) = (app.clone(), key.clone(), task.clone(), sub.clone());
+        async move {
+            let mut offset = start;
+            loop {
+                let listener = app.engine.logs.listen();
+                let (k, t2, s2) = (key.clone(), task.clone(), sub.clone());
+                let (page, done) = run(&app, move |app| {
+                    let done = log_completed(app, &t2, s2.as_ref())?;
+                    Ok((app.store.logs(&k, offset, 1000)?, done))
+                })
+                .await
+                .map_err(|e| tide::Error::from_str(500, e.to_string()))?;
+                let full = page.len() >= 1000;
+                for (seq, r) in &page {
+                    let mut v = record_json(*seq, r);
+                    v["html"] = Value::String(crate::logs::ansi_to_html(&record_line(r)));
+                    sender
+                        .send("message", v.to_string(), Some(&seq.to_string()))
+                        .await?;
+                    offset = *seq;
+                }
+                if done && !full {
+                    sender.send("end", "{}", None).await?;
+                    return Ok(());
+                }
+                if !full {
+                    // Wake on the next commit, or every 15 s to notice an end without new records.
+                    async { listener.await }
+                        .or(async {
+                            async_io::Timer::after(std::time::Duration::from_secs(15)).await;
+                        })
+                        .await;
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,656 @@
+//! The task engine: creating tasks, one async runner per unfinished task,
+//! stop, confirm/retry, approvals, rollback decisions and restart recovery.
+//!
+//! The store is the single source of truth. API calls change state in one
+//! durable transaction and then wake the task's runner, which re-reads the
+//! state and acts on it; so a restarted daemon resumes from the same rows.
+
+pub mod plan;
+mod runner;
+
+use crate::auth::{Principal, Role};
+use crate::error::{Error, Result};
+use crate::logs::LogWriter;
+use crate::model::{Approval, Group, Node, Subtask, Task};
+use crate::store::Store;
+use event_listener::Event;
+use jobx_plugin_api::host::{PluginSet, RunHandle};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Rollback decisions are accepted this long after the deploy started.
+const ROLLBACK_WINDOW_MS: i64 = 7 * 86400 * 1000;
+
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub plugins: Arc<PluginSet>,
+    pub logs: LogWriter,
+    max_parallel: usize,
+    max_log_bytes: u64,
+    data_dir: String,
+    slave: String,
+    /// Wakes the runner of a task after its state changed.
+    wakers: Mutex<HashMap<String, Arc<Event>>>,
+    /// Plugin runs in flight, per task (what stop cancels).
+    runs: Mutex<HashMap<String, HashMap<u64, RunHandle>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// What a caller asks for when starting a task.
+pub struct NewTask {
+    pub project: u64,
+    pub jobname: String,
+    pub group: Option<String>,
+    pub variable: Value,
+    pub uuid: Option<String>,
+    pub calltype: String,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<Store>,
+        plugins: Arc<PluginSet>,
+        cfg: &crate::config::Config,
+        slave: String,
+    ) -> Arc<Engine> {
+        let logs = LogWriter::start(store.clone());
+        Arc::new(Engine {
+            store,
+            plugins,
+            logs,
+            max_parallel: cfg.engine.max_parallel,
+            max_log_bytes: cfg.logs.max_bytes_per_step,
+            data_dir: cfg.storage.data_dir.display().to_string(),
+            slave,
+            wakers: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Wakes a task's runner so it re-reads the store.
+    pub fn wake(&self, task: &str) {
+        if let Some(ev) = lock(&self.wakers).get(task) {
+            ev.notify(usize::MAX);
+        }
+    }
+
+    /// Resolves job, group, batches and variables into a task and its
+    /// batches, storing nothing (also the third-party dry-run).
+    pub fn plan(&self, who: &Principal, req: &NewTask) -> Result<(Task, Vec<Subtask>)> {
+        let store = &self.store;
+        let vars = crate::vars::normalize(Some(&req.variable)).map_err(Error::Bad)?;
+        crate::jobs::check_name("jobname", &req.jobname).map_err(Error::Bad)?;
+        let job = store.job(req.project, &req.jobname)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "jobname: no job {:?} in project {}",
+                req.jobname, req.project
+            ))
+        })?;
+        let uuid = match &req.uuid {
+            Some(u) if crate::ids::is_deploy(u) => u.clone(),
+            Some(u) => {
+                return Err(Error::Bad(format!(
+                    "uuid: {u:?} must be 12 characters of [A-Za-z0-9] ending in a lowercase letter"
+                )))
+            }
+            None => crate::ids::new_uuid(),
+        };
+        if store.task(&uuid)?.is_some() {
+            return Err(Error::Conflict(format!("uuid: task {uuid} already exists")));
+        }
+        let inventory = store.nodes(req.project)?;
+        let by_name: BTreeMap<&str, &Node> =
+            inventory.iter().map(|n| (n.name.as_str(), n)).collect();
+        let (label, batches, strict) = self.resolve_batches(who, req, &vars)?;
+        let mut nodes = BTreeMap::new();
+        for name in batches.iter().flatten() {
+            match by_name.get(name.as_str()) {
+                Some(n) => {
+                    nodes.insert(name.clone(), (*n).clone());
+                }
+                None if !strict => {
+                    nodes.insert(
+                        name.clone(),
+                        Node {
+                            name: name.clone(),
+                            host: None,
+                            port: None,
+                            user: None,
+                            labels: BTreeMap::new(),
+                        },
+                    );
+                }
+                None => return Err(Error::Bad(format!("group: node not in project: {name}"))),
+            }
+        }
+        plan::check_step_vars(&job.steps, &vars).map_err(Error::Bad)?;
+        let decision = match vars.get("_rollbackVersion_") {
+            Some(v) if !v.is_empty() => "pending",
+            _ => "",
+        };
+        let now = crate::clock::now_ms();
+        let task = Task {
+            id: 0,
+            projectid: req.project,
+            uuid: uuid.clone(),
+            name: job.name.clone(),
+            group: label,
+            user: who.name.clone(),
+            slave: self.slave.clone(),
+            status: "init".into(),
+            created_ms: now,
+            start_ms: None,
+            finish_ms: None,
+            calltype: req.calltype.clone(),
+            reason: String::new(),
+            variable: req.variable.clone(),
+            vars,
+            steps: job.steps,
+            nodes,
+            batches: batches.len() as u32,
+            action: "deploy".into(),
+            stopped_by: None,
+            decision: decision.into(),
+        };
+        let subs = batches
+            .into_iter()
+            .enumerate()
+            .map(|(i, nodes)| new_subtask(&uuid, i as u32, nodes))
+            .collect();
+        Ok((task, subs))
+    }
+
+    /// The batches of a new task and the label shown as its `group`. The
+    /// flag says whether every node must be in the inventory.
+    fn resolve_batches(
+        &self,
+        who: &Principal,
+        req: &NewTask,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<(String, Vec<Vec<String>>, bool)> {
+        if let Some(pip) = vars.get("_pip_").filter(|p| !p.trim().is_empty()) {
+            let b = crate::batching::parse_list(pip)
+                .map_err(|e| Error::Bad(format!("variable._pip_: {e}")))?;
+            return Ok(("_pip_".into(), b, true));
+        }
+        if let Some(nb) = vars.get("_nodebatch_").filter(|p| !p.trim().is_empty()) {
+            let nb = nb.trim();
+            if let Some(g) = self.store.group_by_name(req.project, nb)? {
+                return Ok((
+                    g.name.clone(),
+                    self.group_batches(who, req.project, &g)?,
+                    true,
+                ));
+            }
+            if nb.contains([',', ';']) || nb.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::Bad(format!(
+                    "variable._nodebatch_: {nb:?} is neither a group name nor one node or address"
+                )));
+            }
+            return Ok((nb.to_string(), vec![vec![nb.to_string()]], false));
+        }
+        let group = req
+            .group
+            .as_deref()
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .ok_or_else(|| Error::Bad("group: missing (a group name or val=node1,node2)".into()))?;
+        if let Some(list) = group.strip_prefix("val=") {
+            let nodes: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if nodes.is_empty() {
+                return Err(Error::Bad("group: val= names no nodes".into()));
+            }
+            let b = crate::batching::parse_list(&nodes.join(","))
+                .map_err(|e| Error::Bad(format!("group: {e}")))?;
+            return Ok((group.to_string(), b, true));
+        }
+        let g = self
+            .store
+            .group_by_name(req.project, group)?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "group: no group {group:?} in project {}",
+                    req.project
+                ))
+            })?;
+        Ok((
+            g.name.clone(),
+            self.group_batches(who, req.project, &g)?,
+            true,
+        ))
+    }
+
+    fn group_batches(&self, who: &Principal, project: u64, g: &Group) -> Result<Vec<Vec<String>>> {
+        compute_batches(&self.store, who, project, g)
+    }
+
+    /// Stores a planned task (409 if its uuid is taken) and starts its runner.
+    pub fn create(
+        self: &Arc<Self>,
+        who: &Principal,
+        mut task: Task,
+        mut subs: Vec<Subtask>,
+    ) -> Result<Task> {
+        self.store.tx(|tx| {
+            tx.insert_task(&mut task, &mut subs)?;
+            tx.oplog(
+                task.projectid,
+                &who.name,
+                "START TASK",
+                &format!("task {} job {}", task.uuid, task.name),
+            )
+        })?;
+        self.spawn_runner(task.uuid.clone());
+        Ok(task)
+    }
+
+    fn spawn_runner(self: &Arc<Self>, uuid: String) {
+        let ev = Arc::new(Event::new());
+        lock(&self.wakers).insert(uuid.clone(), ev.clone());
+        let me = self.clone();
+        async_std::task::spawn(async move {
+            runner::run(me.clone(), uuid.clone(), ev).await;
+            lock(&me.wakers).remove(&uuid);
+            lock(&me.runs).remove(&uuid);
+            me.logs.forget_task(&uuid);
+        });
+    }
+
+    /// A task of `project`, or 404.
+    pub fn task_in(&self, project: u64, uuid: &str) -> Result<Task> {
+        if !crate::ids::is_uuid(uuid) {
+            return Err(Error::Bad(format!("uuid: {uuid:?} is not a task uuid")));
+        }
+        self.store
+            .task(uuid)?
+            .filter(|t| t.projectid == project)
+            .ok_or_else(|| Error::NotFound(format!("no task {uuid} in project {project}")))
+    }
+
+    /// Sticky stop. A finished task is left as it is.
+    pub fn stop(&self, project: u64, uuid: &str, who: &Principal) -> Result<()> {
+        self.task_in(project, uuid)?;
+        let stopped = self.store.tx(|tx| {
+            let mut t = tx
+                .task(uuid)?
+                .ok_or_else(|| Error::NotFound(format!("no task {uuid}")))?;
+            if t.is_finished() || t.stopped_by.is_some() {
+                return Ok(false);
+            }
+            t.stopped_by = Some(who.name.clone());
+            tx.put_task(&t)?;
+            tx.oplog(project, &who.name, "STOP TASK", &format!("task {uuid}"))?;
+            Ok(true)
+        })?;
+        if stopped {
+            let handles: Vec<RunHandle> = lock(&self.runs)
+                .get(uuid)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for h in handles {
+                h.cancel();
+            }
+            self.wake(uuid);
+        }
+        Ok(())
+    }
+
+    /// Confirm (`continue`) or `retry` a batch waiting in WaitConfirm.
+    pub fn confirm(
+        &self,
+        project: u64,
+        sub_uuid: &str,
+        who: &Principal,
+        retry: bool,
+    ) -> Result<()> {
+        if !crate::ids::is_uuid(sub_uuid) {
+            return Err(Error::Bad(format!(
+                "uuid: {sub_uuid:?} is not a batch uuid"
+            )));
+        }
+        let task_uuid = self.store.tx(|tx| {
+            let mut s = tx
+                .subtask(sub_uuid)?
+                .ok_or_else(|| Error::NotFound(format!("no batch {sub_uuid}")))?;
+            let t = tx
+                .task(&s.parent_uuid)?
+                .filter(|t| t.projectid == project)
+                .ok_or_else(|| {
+                    Error::NotFound(format!("no batch {sub_uuid} in project {project}"))
+                })?;
+            if !s.waiting() || t.is_finished() || t.stopped_by.is_some() {
+                return Err(Error::Conflict(format!(
+                    "batch {sub_uuid} is not waiting for confirmation (status {}, confirm {})",
+                    s.status,
+                    s.confirm.as_deref().unwrap_or("none")
+                )));
+            }
+            if retry {
+                s.confirm = Some(format!("retried by {}", who.name));
+                s.retry = true;
+                tx.oplog(
+                    project,
+                    &who.name,
+                    "RETRY BATCH",
+                    &format!("task {} batch {}", t.uuid, s.idx + 1),
+                )?;
+            } else {
+                s.confirm = Some(format!("confirmed by {}", who.name));
+                tx.oplog(
+                    project,
+                    &who.name,
+                    "CONFIRM BATCH",
+                    &format!("task {} batch {}", t.uuid, s.idx + 1),
+                )?;
+            }
+            tx.put_subtask(&s)?;
+            Ok(t.uuid)
+        })?;
+        self.wake(&task_uuid);
+        Ok(())
+    }
+
+    /// An approver's opinion on a pending approval.
+    pub fn decide(&self, project: u64, uuid: &str, who: &Principal, agree: bool) -> Result<()> {
+        if !crate::ids::is_uuid(uuid) {
+            return Err(Error::Bad(format!(
+                "uuid: {uuid:?} is not an approval uuid"
+            )));
+        }
+        let task = self.store.tx(|tx| {
+            let mut a = tx
+                .approval(uuid)?
+                .filter(|a| a.projectid == project)
+                .ok_or_else(|| {
+                    Error::NotFound(format!("no approval {uuid} in project {project}"))
+                })?;
+            let listed = a.approvers.iter().any(|n| n == &who.name);
+            if !listed && !who.may(project, Role::Admin) {
+                return Err(Error::Forbidden(format!(
+                    "{} is not an approver of this step (approvers: {})",
+                    who.name,
+                    a.approvers.join(", ")
+                )));
+            }
+            if a.status != "pending" {
+                return Err(Error::Conflict(format!(
+                    "approval {uuid} is already decided: {}",
+                    a.status
+                )));
+            }
+            let opinion = if agree { "agree" } else { "refuse" };
+            a.opinions.insert(who.name.clone(), opinion.into());
+            a.status = approval_status(&a);
+            tx.put_approval(&a)?;
+            tx.oplog(
+                project,
+                &who.name,
+                "APPROVAL",
+                &format!("task {} approval {uuid} {opinion}", a.taskuuid),
+            )?;
+            Ok(a.taskuuid)
+        })?;
+        self.wake(&task);
+        Ok(())
+    }
+
+    /// `rollback` or `norollback` on a finished deploy.
+    pub fn decide_rollback(
+        self: &Arc<Self>,
+        project: u64,
+        uuid: &str,
+        who: &Principal,
+        rollback: bool,
+    ) -> Result<Option<String>> {
+        if !crate::ids::is_deploy(uuid) {
+            return Err(Error::Bad(format!(
+                "uuid: {uuid:?} is not a deploy uuid (12 characters ending in a lowercase letter)"
+            )));
+        }
+        let deploy = self.task_in(project, uuid)?;
+        let rb_uuid = crate::ids::rollback_of(uuid);
+        let created = self.store.tx(|tx| {
+            let mut d = tx
+                .task(uuid)?
+                .ok_or_else(|| Error::NotFound(format!("no task {uuid}")))?;
+            check_rollback_allowed(&d, crate::clock::now_ms())?;
+            d.decision = if rollback { "rollback" } else { "norollback" }.into();
+            tx.put_task(&d)?;
+            if !rollback {
+                tx.oplog(project, &who.name, "NO ROLLBACK", &format!("task {uuid}"))?;
+                return Ok(None);
+            }
+            let subs = tx.subtasks(uuid)?;
+            let (mut rb, mut rb_subs) = rollback_task(&d, &subs, &rb_uuid, who, &deploy.calltype);
+            tx.insert_task(&mut rb, &mut rb_subs)?;
+            tx.oplog(
+                project,
+                &who.name,
+                "ROLLBACK",
+                &format!("task {uuid} rollback {rb_uuid}"),
+            )?;
+            Ok(Some(rb.uuid))
+        })?;
+        if let Some(rb) = &created {
+            self.spawn_runner(rb.clone());
+        }
+        Ok(created)
+    }
+
+    /// Restart recovery (semantics §8): batches that were running become
+    /// `fail` "interrupted by daemon restart" and wait for a person; then
+    /// every unfinished task gets a runner again.
+    pub fn recover(self: &Arc<Self>) -> Result<usize> {
+        let active = self.store.active_tasks()?;
+        let now = crate::clock::now_ms();
+        for uuid in &active {
+            self.store.tx(|tx| {
+                let Some(t) = tx.task(uuid)? else {
+                    return Ok(());
+                };
+                for mut s in tx.subtasks(uuid)? {
+                    if s.status != "running" {
+                        continue;
+                    }
+                    s.status = "fail".into();
+                    s.reason = "interrupted by daemon restart".into();
+                    s.finish_ms = Some(now);
+                    s.retry = false;
+                    s.confirm = if plan::exit_on_failure(&t.vars) {
+                        None
+                    } else {
+                        Some("WaitConfirm".into())
+                    };
+                    if s.failed_step.is_none() {
+                        s.failed_step = Some(0);
+                        s.failed_nodes = s.nodes.clone();
+                    }
+                    tx.put_subtask(&s)?;
+                }
+                Ok(())
+            })?;
+            for a in self.store.pending_approvals_of_task(uuid)? {
+                self.store.tx(|tx| {
+                    let mut a = a.clone();
+                    a.status = "cancel".into();
+                    tx.put_approval(&a)
+                })?;
+            }
+            log::info!("resuming task {uuid}");
+            self.spawn_runner(uuid.clone());
+        }
+        Ok(active.len())
+    }
+}
+
+fn new_subtask(task: &str, idx: u32, nodes: Vec<String>) -> Subtask {
+    Subtask {
+        id: 0,
+        parent_uuid: task.to_string(),
+        uuid: crate::ids::new_uuid(),
+        idx,
+        nodes,
+        status: "init".into(),
+        confirm: None,
+        start_ms: None,
+        finish_ms: None,
+        reason: String::new(),
+        failed_step: None,
+        failed_nodes: Vec::new(),
+        retry: false,
+    }
+}
+
+/// An approval is decided by the first refusal, or by agreement (of one
+/// approver, or of all with `everyone`).
+fn approval_status(a: &Approval) -> String {
+    if a.opinions.values().any(|o| o == "refuse") {
+        return "refuse".into();
+    }
+    let agreed = |n: &String| a.opinions.get(n).is_some_and(|o| o == "agree");
+    let done = if a.everyone {
+        a.approvers.iter().all(agreed)
+    } else {
+        a.approvers.iter().any(agreed) || !a.opinions.is_empty()
+    };
+    if done { "agree" } else { "pending" }.into()
+}
+
+/// The rollback preconditions of semantics §5, each with its own message.
+pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
+    if d.action != "deploy" {
+        return Err(Error::Bad(format!("task {} is not a deploy", d.uuid)));
+    }
+    if !d.is_finished() {
+        return Err(Error::Conflict(format!(
+            "deploy {} is still running; decide when it has ended",
+            d.uuid
+        )));
+    }
+    match d.decision.as_str() {
+        "pending" => {}
+        "rollback" | "norollback" => {
+            return Err(Error::Conflict(format!(
+                "a decision was already made for deploy {}: {}",
+                d.uuid, d.decision
+            )))
+        }
+        _ if d.status == "refuse" => {
+            return Err(Error::Conflict(format!(
+                "deploy {} was refused; it cannot be rolled back",
+                d.uuid
+            )))
+        }
+        _ => {
+            return Err(Error::Conflict(format!(
+                "deploy {} has no _rollbackVersion_; no rollback decision is expected",
+                d.uuid
+            )))
+        }
+    }
+    if d.status == "refuse" {
+        return Err(Error::Conflict(format!(
+            "deploy {} was refused; it cannot be rolled back",
+            d.uuid
+        )));
+    }
+    let start = d.start_ms.unwrap_or(d.created_ms);
+    if now - start > ROLLBACK_WINDOW_MS {
+        return Err(Error::Conflict(format!(
+            "deploy {} started more than 7 days ago; rollback is no longer offered",
+            d.uuid
+        )));
+    }
+    Ok(())
+}
+
+/// The rollback partner: same job and group, `version` = the old
+/// `_rollbackVersion_`, over the deploy's batches that had started.
+fn rollback_task(
+    d: &Task,
+    subs: &[Subtask],
+    uuid: &str,
+    who: &Principal,
+    calltype: &str,
+) -> (Task, Vec<Subtask>) {
+    let mut vars = d.vars.clone();
+    let old = vars.remove("_rollbackVersion_").unwrap_or_default();
+    vars.insert("version".into(), old.clone());
+    let mut variable = d.variable.clone();
+    if let Value::Object(m) = &mut variable {
+        m.remove("_rollbackVersion_");
+        m.insert("version".into(), Value::String(old));
+    }
+    let started: Vec<Vec<String>> = subs
+        .iter()
+        .filter(|s| s.status != "init" && s.status != "cancel")
+        .map(|s| s.nodes.clone())
+        .collect();
+    let task = Task {
+        id: 0,
+        projectid: d.projectid,
+        uuid: uuid.to_string(),
+        name: d.name.clone(),
+        group: d.group.clone(),
+        user: who.name.clone(),
+        slave: d.slave.clone(),
+        status: "init".into(),
+        created_ms: crate::clock::now_ms(),
+        start_ms: None,
+        finish_ms: None,
+        calltype: calltype.to_string(),
+        reason: String::new(),
+        variable,
+        vars,
+        steps: d.steps.clone(),
+        nodes: d.nodes.clone(),
+        batches: started.len() as u32,
+        action: "rollback".into(),
+        stopped_by: None,
+        decision: String::new(),
+    };
+    let subs = started
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| new_subtask(uuid, i as u32, n))
+        .collect();
+    (task, subs)
+}
+
+/// Batches of a group computed from the current inventories. Other projects
+/// named by a selection rule are read only if the caller may read them too.
+pub fn compute_batches(
+    store: &Store,
+    who: &Principal,
+    pid: u64,
+    g: &Group,
+) -> Result<Vec<Vec<String>>> {
+    let ty = crate::batching::GroupType::parse(&g.group_type)
+        .ok_or_else(|| Error::Internal(format!("stored group {} has a bad type", g.id)))?;
+    let rule = crate::batching::parse(ty, &g.text)
+        .map_err(|e| Error::Bad(format!("group {}: {e}", g.name)))?;
+    let mut others = BTreeMap::new();
+    for other in rule.referenced_projects() {
+        if other != pid && !who.may(other, Role::Read) {
+            return Err(Error::Forbidden(format!(
+                "group {} reads project {other}, which token {:?} may not read",
+                g.name, who.name
+            )));
+        }
+        others.insert(other, store.node_names(other)?);
+    }
+    let inventory = store.node_names(pid)?;
+    Ok(rule.batches(&inventory, &|p| others.get(&p).cloned().unwrap_or_default()))
+}

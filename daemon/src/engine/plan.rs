@@ -1,0 +1,180 @@
+//! Pure decisions of the runner: step filters, the environment a step
+//! sees, the final status of a task.
+
+use crate::model::{Step, Subtask, Task};
+use std::collections::BTreeMap;
+
+/// Does `step` run in batch `idx` (0-based) of `total` for this action?
+pub fn step_applies(step: &Step, action: &str, idx: u32, total: u32) -> bool {
+    let action_ok = match step.action.as_str() {
+        "deploy" => action == "deploy",
+        "rollback" => action == "rollback",
+        _ => true,
+    };
+    let first = idx == 0;
+    let last = idx + 1 == total;
+    let batch_ok = match step.batches.as_str() {
+        "firsttime" => first,
+        "thelasttime" => last,
+        "notfirsttime" => !first,
+        "notthelasttime" => !last,
+        _ => true,
+    };
+    action_ok && batch_ok
+}
+
+/// `_exit_` set to `1` or `true`: the first failed batch ends the task.
+pub fn exit_on_failure(vars: &BTreeMap<String, String>) -> bool {
+    matches!(vars.get("_exit_").map(String::as_str), Some("1" | "true"))
+}
+
+/// Task variables plus `ip` for this batch.
+pub fn batch_vars(task: &Task, sub: &Subtask) -> BTreeMap<String, String> {
+    let mut v = task.vars.clone();
+    v.insert("ip".into(), sub.nodes.join(","));
+    v
+}
+
+/// The environment a step process gets on `node`: the step's `env`, the
+/// task variables (they win over step env), and the JOBX_* context.
+pub fn step_env(task: &Task, sub: &Subtask, step: &Step, node: &str) -> BTreeMap<String, String> {
+    let mut env = step.env.clone();
+    env.extend(batch_vars(task, sub));
+    env.insert("JOBX_NODE".into(), node.to_string());
+    env.insert("JOBX_TASK".into(), task.uuid.clone());
+    env.insert("JOBX_SUBTASK".into(), sub.uuid.clone());
+    env.insert("JOBX_BATCH".into(), (sub.idx + 1).to_string());
+    env.insert("JOBX_BATCHES".into(), task.batches.to_string());
+    env.insert("JOBX_ACTION".into(), task.action.clone());
+    env
+}
+
+/// Every `${name}` a step uses must resolve at creation (`ip` always does).
+pub fn check_step_vars(steps: &[Step], vars: &BTreeMap<String, String>) -> Result<(), String> {
+    for (i, s) in steps.iter().enumerate() {
+        let fields = [
+            ("args", s.args.as_deref()),
+            ("src", s.src.as_deref()),
+            ("dst", s.dst.as_deref()),
+            ("message", s.message.as_deref()),
+        ];
+        for (field, text) in fields {
+            for name in crate::vars::references(text.unwrap_or("")) {
+                if name != "ip" && !vars.contains_key(&name) {
+                    return Err(format!(
+                        "variable: step {} ({:?}) uses ${{{name}}} in {field}, which the task does not define",
+                        i + 1,
+                        s.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Is this batch settled so the task may move past it?
+pub fn batch_settled(s: &Subtask) -> bool {
+    match s.status.as_str() {
+        "success" | "cancel" => true,
+        "fail" => s
+            .confirm
+            .as_deref()
+            .is_some_and(|c| c.starts_with("confirmed by")),
+        _ => false,
+    }
+}
+
+/// The end status of a task from its batches: `refuse` if any batch was
+/// refused, `success` if all succeeded, else `fail`.
+pub fn final_status(subs: &[Subtask], stopped: bool) -> &'static str {
+    if subs.iter().any(|s| s.status == "refuse") {
+        "refuse"
+    } else if !stopped && subs.iter().all(|s| s.status == "success") {
+        "success"
+    } else {
+        "fail"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(action: &str, batches: &str) -> Step {
+        serde_json::from_value(serde_json::json!({
+            "uuid": "u", "name": "n", "plugin": "local", "timeout": 1,
+            "action": action, "batches": batches
+        }))
+        .expect("step")
+    }
+
+    #[test]
+    fn filters() {
+        let cases = [
+            ("always", "always", "deploy", 0, 3, true),
+            ("deploy", "always", "rollback", 0, 3, false),
+            ("rollback", "always", "rollback", 0, 3, true),
+            ("always", "firsttime", "deploy", 0, 3, true),
+            ("always", "firsttime", "deploy", 1, 3, false),
+            ("always", "thelasttime", "deploy", 2, 3, true),
+            ("always", "thelasttime", "deploy", 1, 3, false),
+            ("always", "notfirsttime", "deploy", 0, 3, false),
+            ("always", "notfirsttime", "deploy", 2, 3, true),
+            ("always", "notthelasttime", "deploy", 2, 3, false),
+            ("always", "notthelasttime", "deploy", 0, 3, true),
+            ("always", "firsttime", "deploy", 0, 1, true),
+            ("always", "thelasttime", "deploy", 0, 1, true),
+        ];
+        for (a, b, act, idx, total, want) in cases {
+            assert_eq!(
+                step_applies(&step(a, b), act, idx, total),
+                want,
+                "{a} {b} {act} {idx}/{total}"
+            );
+        }
+    }
+
+    fn sub(status: &str, confirm: Option<&str>) -> Subtask {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "parent_uuid": "p", "uuid": "s", "idx": 0, "nodes": [],
+            "status": status, "confirm": confirm, "start_ms": null, "finish_ms": null,
+            "reason": "", "failed_step": null, "failed_nodes": [], "retry": false
+        }))
+        .expect("subtask")
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(final_status(&[sub("success", Some(""))], false), "success");
+        assert_eq!(final_status(&[], false), "success");
+        assert_eq!(final_status(&[sub("success", Some(""))], true), "fail");
+        assert_eq!(
+            final_status(
+                &[
+                    sub("fail", Some("confirmed by a")),
+                    sub("success", Some(""))
+                ],
+                false
+            ),
+            "fail"
+        );
+        assert_eq!(
+            final_status(&[sub("refuse", None), sub("cancel", None)], false),
+            "refuse"
+        );
+        assert!(batch_settled(&sub("fail", Some("confirmed by x"))));
+        assert!(!batch_settled(&sub("fail", Some("WaitConfirm"))));
+        assert!(!batch_settled(&sub("init", None)));
+    }
+
+    #[test]
+    fn exit_flag() {
+        let mut v = BTreeMap::new();
+        assert!(!exit_on_failure(&v));
+        v.insert("_exit_".to_string(), "true".to_string());
+        assert!(exit_on_failure(&v));
+        v.insert("_exit_".to_string(), "0".to_string());
+        assert!(!exit_on_failure(&v));
+    }
+}

@@ -1,0 +1,713 @@
+//! The runner of one task: batches in order, steps in order, the nodes of
+//! a step in parallel (bounded), waiting for people where the task must.
+//! It holds no state of its own that matters: after every change it writes
+//! the store, and after every wake-up it re-reads it.
+
+use super::{lock, plan, Engine};
+use crate::error::Result;
+use crate::logs::Keys;
+use crate::model::{Approval, Step, Subtask, Task};
+use event_listener::Event;
+use futures_lite::FutureExt;
+use jobx_plugin_api::host::RunSink;
+use jobx_plugin_api::{StepKind, StepRequest, StepResult, Stream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Grace the host allows past a step's own timeout before it cancels the
+/// run itself (the plugin is expected to enforce the timeout first).
+const HOST_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn run(e: Arc<Engine>, uuid: String, wake: Arc<Event>) {
+    if let Err(err) = drive(&e, &uuid, &wake).await {
+        log::error!("task {uuid}: runner stopped: {err}");
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    e: &Arc<Engine>,
+    f: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let e = e.clone();
+    blocking::unblock(move || f(&e)).await
+}
+
+fn load(e: &Engine, uuid: &str) -> Result<(Task, Vec<Subtask>)> {
+    e.store.tx(|tx| {
+        let t = tx
+            .task(uuid)?
+            .ok_or_else(|| crate::error::Error::Internal(format!("task {uuid} vanished")))?;
+        Ok((t, tx.subtasks(uuid)?))
+    })
+}
+
+enum Next {
+    Run(Subtask),
+    Wait,
+    Finish,
+}
+
+async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
+    let id = uuid.to_string();
+    blocking(e, move |e| {
+        e.store.tx(|tx| {
+            if let Some(mut t) = tx.task(&id)? {
+                if t.status == "init" {
+                    t.status = "running".into();
+                    t.start_ms = Some(crate::clock::now_ms());
+                    tx.put_task(&t)?;
+                }
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    loop {
+        // Listen before reading, so a change between the read and the wait is not missed.
+        let listener = wake.listen();
+        let id = uuid.to_string();
+        let (task, subs) = blocking(e, move |e| load(e, &id)).await?;
+        if task.is_finished() {
+            return Ok(());
+        }
+        match next_step(&task, &subs) {
+            Next::Finish => {
+                let id = uuid.to_string();
+                blocking(e, move |e| finish(e, &id)).await?;
+                return Ok(());
+            }
+            Next::Wait => listener.await,
+            Next::Run(sub) => run_batch(e, &task, sub).await?,
+        }
+    }
+}
+
+/// What the task does next, from its stored state.
+fn next_step(task: &Task, subs: &[Subtask]) -> Next {
+    if task.stopped_by.is_some() {
+        return Next::Finish;
+    }
+    for s in subs {
+        if plan::batch_settled(s) {
+            continue;
+        }
+        return match s.status.as_str() {
+            "init" => Next::Run(s.clone()),
+            "refuse" => Next::Finish,
+            "fail" if s.retry => Next::Run(s.clone()),
+            "fail" if s.waiting() => Next::Wait,
+            // A failed batch that does not wait (`_exit_`) ends the task.
+            "fail" => Next::Finish,
+            // Running batches belong to this runner; seeing one here means it
+            // was interrupted, which recovery turns into a failure.
+            _ => Next::Wait,
+        };
+    }
+    Next::Finish
+}
+
+/// Ends the task: batches not started become `cancel`, a waiting batch is
+/// released with "task stop", and the task gets its final status.
+fn finish(e: &Engine, uuid: &str) -> Result<()> {
+    e.logs.flush();
+    e.store.tx(|tx| {
+        let Some(mut t) = tx.task(uuid)? else {
+            return Ok(());
+        };
+        let mut subs = tx.subtasks(uuid)?;
+        let stopped = t.stopped_by.clone();
+        let now = crate::clock::now_ms();
+        let mut failed_batch = None;
+        for s in subs.iter_mut() {
+            let before = (s.status.clone(), s.confirm.clone());
+            if s.status == "init" {
+                s.status = "cancel".into();
+            } else if s.waiting() || s.retry {
+                s.confirm = Some("task stop".into());
+                s.retry = false;
+            }
+            if s.status == "fail" && failed_batch.is_none() {
+                failed_batch = Some(s.idx + 1);
+            }
+            if s.finish_ms.is_none() && s.status != "cancel" {
+                s.finish_ms = Some(now);
+            }
+            if (s.status.clone(), s.confirm.clone()) != before {
+                tx.put_subtask(s)?;
+            }
+        }
+        t.status = plan::final_status(&subs, stopped.is_some()).into();
+        t.finish_ms = Some(now);
+        t.reason = match (&stopped, t.status.as_str(), failed_batch) {
+            (Some(who), _, _) => format!("stopped by {who}"),
+            (None, "refuse", _) => "refused by an approver".into(),
+            (None, "fail", Some(n)) => format!("batch {n} failed"),
+            _ => String::new(),
+        };
+        if t.status == "refuse" && t.decision == "pending" {
+            // A refused deploy can not be rolled back.
+            t.decision = String::new();
+        }
+        tx.put_task(&t)
+    })?;
+    log::info!("task {uuid} finished");
+    Ok(())
+}
+
+/// Outcome of one step over the batch's nodes.
+struct StepOutcome {
+    failed: Vec<String>,
+    refused: bool,
+    reason: String,
+}
+
+async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()> {
+    let retry = sub.retry;
+    let from = if retry {
+        sub.failed_step.unwrap_or(0)
+    } else {
+        0
+    };
+    let retry_nodes = sub.failed_nodes.clone();
+    sub.status = "running".into();
+    sub.retry = false;
+    sub.reason.clear();
+    sub.finish_ms = None;
+    if !retry {
+        sub.confirm = None;
+    }
+    if sub.start_ms.is_none() {
+        sub.start_ms = Some(crate::clock::now_ms());
+    }
+    let s2 = sub.clone();
+    blocking(e, move |e| e.store.tx(|tx| tx.put_subtask(&s2))).await?;
+    let batch_keys = Keys::batch(&task.uuid, &sub.uuid);
+    e.logs.append(
+        &batch_keys,
+        "",
+        "info",
+        &format!(
+            "batch {}/{}{}: {}",
+            sub.idx + 1,
+            task.batches,
+            if retry { " (retry)" } else { "" },
+            sub.nodes.join(",")
+        ),
+    );
+    let mut outcome = StepOutcome {
+        failed: Vec::new(),
+        refused: false,
+        reason: String::new(),
+    };
+    let mut failed_at = None;
+    for (i, step) in task.steps.iter().enumerate().skip(from) {
+        let keys = Keys::new(&task.uuid, &sub.uuid, &step.uuid, &step.plugin);
+        if !plan::step_applies(step, &task.action, sub.idx, task.batches) {
+            e.logs.append(
+                &keys,
+                "",
+                "info",
+                &format!(
+                    "step {:?} skipped (filter action={} batches={})",
+                    step.name, step.action, step.batches
+                ),
+            );
+            continue;
+        }
+        if stopped(e, &task.uuid).await? {
+            outcome.reason = "stopped".into();
+            failed_at = Some(i);
+            outcome.failed = sub.nodes.clone();
+            break;
+        }
+        let nodes = if retry && i == from {
+            retry_nodes.clone()
+        } else {
+            sub.nodes.clone()
+        };
+        e.logs.append(
+            &keys,
+            "",
+            "info",
+            &format!(
+                "step {:?} ({}) on {}",
+                step.name,
+                step.plugin,
+                nodes.join(",")
+            ),
+        );
+        let o = if step.plugin == "approval" {
+            run_approval(e, task, &sub, step, &keys).await?
+        } else {
+            run_step(e, task, &sub, step, &nodes, &keys).await
+        };
+        let result = if o.refused {
+            "refused".to_string()
+        } else if o.failed.is_empty() {
+            "success".to_string()
+        } else {
+            format!("failed on {}", o.failed.join(","))
+        };
+        e.logs.append(
+            &keys,
+            "",
+            "info",
+            &format!("step {:?}: {result}", step.name),
+        );
+        if o.refused || !o.failed.is_empty() {
+            outcome = o;
+            failed_at = Some(i);
+            break;
+        }
+    }
+    let task_uuid = task.uuid.clone();
+    let sub_uuid = sub.uuid.clone();
+    let exit = plan::exit_on_failure(&task.vars);
+    blocking(e, move |e| {
+        e.logs.flush();
+        e.store.tx(|tx| {
+            let Some(mut s) = tx.subtask(&sub_uuid)? else {
+                return Ok(());
+            };
+            let t = tx.task(&task_uuid)?;
+            let stopped_by = t.as_ref().and_then(|t| t.stopped_by.clone());
+            s.finish_ms = Some(crate::clock::now_ms());
+            match failed_at {
+                None => {
+                    s.status = "success".into();
+                    if !retry {
+                        s.confirm = Some(String::new());
+                    }
+                    s.failed_step = None;
+                    s.failed_nodes.clear();
+                }
+                Some(i) => {
+                    s.failed_step = Some(i);
+                    s.failed_nodes = outcome.failed.clone();
+                    if outcome.refused {
+                        s.status = "refuse".into();
+                        s.confirm = None;
+                        s.reason = outcome.reason.clone();
+                    } else {
+                        s.status = "fail".into();
+                        if let Some(who) = stopped_by {
+                            s.reason = format!("stopped by {who}");
+                            s.confirm = Some("task stop".into());
+                        } else {
+                            s.reason = outcome.reason.clone();
+                            s.confirm = if exit {
+                                None
+                            } else {
+                                Some("WaitConfirm".into())
+                            };
+                        }
+                    }
+                }
+            }
+            tx.put_subtask(&s)
+        })
+    })
+    .await
+}
+
+async fn stopped(e: &Arc<Engine>, uuid: &str) -> Result<bool> {
+    let id = uuid.to_string();
+    blocking(e, move |e| {
+        Ok(e.store.task(&id)?.is_some_and(|t| t.stopped_by.is_some()))
+    })
+    .await
+}
+
+/// Collects one run's output into the log and its result into a channel.
+struct NodeSink {
+    logs: crate::logs::LogWriter,
+    keys: Keys,
+    node: String,
+    cap: u64,
+    written: AtomicU64,
+    dropped: AtomicU64,
+    done: async_channel::Sender<StepResult>,
+}
+
+impl RunSink for NodeSink {
+    fn line(&self, stream: Stream, text: &[u8]) {
+        let n = text.len() as u64 + 1;
+        let before = self.written.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.cap {
+            if self.dropped.fetch_add(n, Ordering::Relaxed) == 0 {
+                self.logs.append(
+                    &self.keys,
+                    &self.node,
+                    "info",
+                    &format!("[output truncated at {} bytes]", self.cap),
+                );
+            }
+            return;
+        }
+        let s = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Info => "info",
+        };
+        self.logs
+            .append(&self.keys, &self.node, s, &String::from_utf8_lossy(text));
+    }
+
+    fn done(&self, result: StepResult) {
+        let _ = self.done.try_send(result);
+    }
+}
+
+fn request(
+    e: &Engine,
+    task: &Task,
+    sub: &Subtask,
+    step: &Step,
+    node: &str,
+) -> std::result::Result<StepRequest, String> {
+    let vars = plan::batch_vars(task, sub);
+    let kind = if step.kind.as_deref() == Some("scp") {
+        StepKind::Scp {
+            src: crate::vars::substitute(step.src.as_deref().unwrap_or(""), &vars)?,
+            dst: crate::vars::substitute(step.dst.as_deref().unwrap_or(""), &vars)?,
+            chmod: step.chmod.clone(),
+            chown: step.chown.clone(),
+            delete: step.delete.unwrap_or(false),
+        }
+    } else {
+        let words = crate::vars::split_args(step.args.as_deref().unwrap_or(""))?;
+        let args = words
+            .iter()
+            .map(|w| crate::vars::substitute(w, &vars))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        StepKind::Cmd {
+            script: step.script.clone().unwrap_or_default(),
+            interpreter: step.interpreter.clone().unwrap_or_else(|| "bash".into()),
+            args,
+        }
+    };
+    let n = task.nodes.get(node);
+    let params = match serde_json::to_value(step) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    Ok(StepRequest {
+        task: task.uuid.clone(),
+        subtask: sub.uuid.clone(),
+        step: step.uuid.clone(),
+        step_name: step.name.clone(),
+        plugin: step.plugin.clone(),
+        action: task.action.clone(),
+        batch: sub.idx + 1,
+        batches: task.batches,
+        node: jobx_plugin_api::Node {
+            name: node.to_string(),
+            host: n
+                .map(|n| n.address().to_string())
+                .unwrap_or_else(|| node.to_string()),
+            port: n.and_then(|n| n.port),
+            user: n.and_then(|n| n.user.clone()),
+            labels: n.map(|n| n.labels.clone()).unwrap_or_default(),
+        },
+        kind,
+        user: step.user.clone(),
+        env: plan::step_env(task, sub, step, node),
+        timeout_secs: step.timeout,
+        params,
+        data_dir: e.data_dir.clone(),
+    })
+}
+
+/// Runs a step on `nodes`, at most `max_parallel` at once; answers the nodes it failed on.
+async fn run_step(
+    e: &Arc<Engine>,
+    task: &Task,
+    sub: &Subtask,
+    step: &Step,
+    nodes: &[String],
+    keys: &Keys,
+) -> StepOutcome {
+    let permits = async_channel::bounded::<()>(e.max_parallel.max(1));
+    for _ in 0..e.max_parallel.max(1) {
+        let _ = permits.0.try_send(());
+    }
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let mut joins = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let (e, task, sub, step, keys) = (
+            e.clone(),
+            task.clone(),
+            sub.clone(),
+            step.clone(),
+            keys.clone(),
+        );
+        let node = node.clone();
+        let permits = permits.clone();
+        let failed = failed.clone();
+        joins.push(async_std::task::spawn(async move {
+            if permits.1.recv().await.is_err() {
+                return;
+            }
+            let ok = run_node(&e, &task, &sub, &step, &node, &keys).await;
+            let _ = permits.0.try_send(());
+            if !ok {
+                lock(&failed).push(node);
+            }
+        }));
+    }
+    for j in joins {
+        j.await;
+    }
+    let mut failed = std::mem::take(&mut *lock(&failed));
+    // Report failures in batch order, not completion order.
+    failed.sort_by_key(|n| nodes.iter().position(|m| m == n));
+    let reason = if failed.is_empty() {
+        String::new()
+    } else {
+        format!("step {:?} failed on {}", step.name, failed.join(","))
+    };
+    StepOutcome {
+        failed,
+        refused: false,
+        reason,
+    }
+}
+
+/// One node: start the plugin run, wait for its result. Answers success.
+async fn run_node(
+    e: &Arc<Engine>,
+    task: &Task,
+    sub: &Subtask,
+    step: &Step,
+    node: &str,
+    keys: &Keys,
+) -> bool {
+    if stopped(e, &task.uuid).await.unwrap_or(false) {
+        e.logs
+            .append(keys, node, "info", "not started: task stopped");
+        return false;
+    }
+    let req = match request(e, task, sub, step, node) {
+        Ok(r) => r,
+        Err(msg) => {
+            e.logs.append(keys, node, "info", &format!("failed: {msg}"));
+            return false;
+        }
+    };
+    let (tx, rx) = async_channel::bounded(1);
+    let sink = Arc::new(NodeSink {
+        logs: e.logs.clone(),
+        keys: keys.clone(),
+        node: node.to_string(),
+        cap: e.max_log_bytes,
+        written: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        done: tx,
+    });
+    let handle = match e.plugins.start(&step.plugin, &req, sink.clone()) {
+        Ok(h) => h,
+        Err(msg) => {
+            e.logs.append(keys, node, "info", &format!("failed: {msg}"));
+            return false;
+        }
+    };
+    let run_id = handle.run_id();
+    lock(&e.runs)
+        .entry(task.uuid.clone())
+        .or_default()
+        .insert(run_id, handle.clone());
+    // A stop may have landed between the check above and the registration.
+    if stopped(e, &task.uuid).await.unwrap_or(false) {
+        handle.cancel();
+    }
+    let limit = Duration::from_secs(step.timeout) + HOST_GRACE;
+    let result = async { rx.recv().await.ok() }
+        .or(async {
+            async_io::Timer::after(limit).await;
+            None
+        })
+        .await;
+    let result = match result {
+        Some(r) => r,
+        None => {
+            handle.cancel();
+            let late = async { rx.recv().await.ok() }
+                .or(async {
+                    async_io::Timer::after(HOST_GRACE).await;
+                    None
+                })
+                .await;
+            late.unwrap_or_else(|| {
+                StepResult::failed(format!(
+                    "timeout after {} s (executor did not report)",
+                    step.timeout
+                ))
+            })
+        }
+    };
+    if let Some(m) = lock(&e.runs).get_mut(&task.uuid) {
+        m.remove(&run_id);
+    }
+    let dropped = sink.dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        e.logs.append(
+            keys,
+            node,
+            "info",
+            &format!("[{dropped} bytes of output not kept]"),
+        );
+    }
+    let ok = result.is_success();
+    let text = match (&result.error, result.exit_code) {
+        (Some(err), _) => format!("failed: {err}"),
+        (None, Some(code)) => format!("exit code {code}"),
+        (None, None) => "finished without an exit code".into(),
+    };
+    e.logs.append(keys, node, "info", &text);
+    ok
+}
+
+/// Waits for the approvers (or the timeout, or a stop).
+async fn run_approval(
+    e: &Arc<Engine>,
+    task: &Task,
+    sub: &Subtask,
+    step: &Step,
+    keys: &Keys,
+) -> Result<StepOutcome> {
+    let vars = plan::batch_vars(task, sub);
+    let message =
+        crate::vars::substitute(step.message.as_deref().unwrap_or(""), &vars).unwrap_or_default();
+    let now = crate::clock::now_ms();
+    let a = Approval {
+        uuid: crate::ids::new_uuid(),
+        projectid: task.projectid,
+        taskuuid: task.uuid.clone(),
+        subtaskuuid: sub.uuid.clone(),
+        step: step.name.clone(),
+        approvers: step.approvers.clone().unwrap_or_default(),
+        message: message.clone(),
+        everyone: step.everyone.unwrap_or(false),
+        created_ms: now,
+        deadline_ms: now.saturating_add((step.timeout as i64).saturating_mul(1000)),
+        opinions: Default::default(),
+        status: "pending".into(),
+    };
+    let a2 = a.clone();
+    blocking(e, move |e| e.store.tx(|tx| tx.put_approval(&a2))).await?;
+    e.logs.append(
+        keys,
+        "",
+        "info",
+        &format!(
+            "waiting for approval {} by {}: {message}",
+            a.uuid,
+            a.approvers.join(", ")
+        ),
+    );
+    let wake = lock(&e.wakers).get(&task.uuid).cloned();
+    let Some(wake) = wake else {
+        return Ok(StepOutcome {
+            failed: sub.nodes.clone(),
+            refused: false,
+            reason: "no runner".into(),
+        });
+    };
+    loop {
+        let listener = wake.listen();
+        let id = a.uuid.clone();
+        let tid = task.uuid.clone();
+        let (cur, stop) = blocking(e, move |e| {
+            Ok((
+                e.store.approval(&id)?,
+                e.store.task(&tid)?.and_then(|t| t.stopped_by),
+            ))
+        })
+        .await?;
+        let Some(cur) = cur else {
+            return Ok(StepOutcome {
+                failed: sub.nodes.clone(),
+                refused: false,
+                reason: "approval vanished".into(),
+            });
+        };
+        let settle = |status: &'static str, e: &Arc<Engine>| {
+            let mut c = cur.clone();
+            c.status = status.into();
+            let e = e.clone();
+            async move { blocking(&e, move |e| e.store.tx(|tx| tx.put_approval(&c))).await }
+        };
+        match cur.status.as_str() {
+            "agree" => {
+                e.logs.append(
+                    keys,
+                    "",
+                    "info",
+                    &format!("approved by {}", agreed_by(&cur)),
+                );
+                return Ok(StepOutcome {
+                    failed: Vec::new(),
+                    refused: false,
+                    reason: String::new(),
+                });
+            }
+            "refuse" => {
+                e.logs.append(keys, "", "info", "refused");
+                return Ok(StepOutcome {
+                    failed: Vec::new(),
+                    refused: true,
+                    reason: format!("approval {:?} refused", step.name),
+                });
+            }
+            "pending" => {}
+            other => {
+                return Ok(StepOutcome {
+                    failed: sub.nodes.clone(),
+                    refused: false,
+                    reason: format!("approval {other}"),
+                });
+            }
+        }
+        if let Some(who) = stop {
+            settle("cancel", e).await?;
+            return Ok(StepOutcome {
+                failed: sub.nodes.clone(),
+                refused: false,
+                reason: format!("stopped by {who}"),
+            });
+        }
+        let left = cur.deadline_ms - crate::clock::now_ms();
+        if left <= 0 {
+            settle("timeout", e).await?;
+            e.logs.append(
+                keys,
+                "",
+                "info",
+                &format!("no decision within {} s", step.timeout),
+            );
+            return Ok(StepOutcome {
+                failed: sub.nodes.clone(),
+                refused: false,
+                reason: format!(
+                    "approval {:?} timed out after {} s",
+                    step.name, step.timeout
+                ),
+            });
+        }
+        async { listener.await }
+            .or(async {
+                async_io::Timer::after(Duration::from_millis(left as u64)).await;
+            })
+            .await;
+    }
+}
+
+fn agreed_by(a: &Approval) -> String {
+    a.opinions
+        .iter()
+        .filter(|(_, o)| o.as_str() == "agree")
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

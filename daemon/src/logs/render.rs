@@ -1,0 +1,145 @@
+//! Rendering logs for people: HTML-escaping first, then ANSI colours to
+//! markup, so log text can never become markup of its own.
+
+/// Escapes the five HTML-significant characters.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn colour(code: u32) -> Option<&'static str> {
+    Some(match code {
+        30 | 90 => "#666",
+        31 | 91 => "#e55",
+        32 | 92 => "#5c5",
+        33 | 93 => "#db3",
+        34 | 94 => "#58f",
+        35 | 95 => "#c6c",
+        36 | 96 => "#3cc",
+        37 | 97 => "#ddd",
+        _ => return None,
+    })
+}
+
+/// Escapes `s`, then turns SGR colour sequences (`ESC[31m`, `ESC[1;32m`,
+/// `ESC[0m`) into spans; other escape sequences are dropped.
+pub fn ansi_to_html(s: &str) -> String {
+    let escaped = html_escape(s);
+    let mut out = String::with_capacity(escaped.len());
+    let mut open = 0usize;
+    let mut rest = escaped.as_str();
+    while let Some(i) = rest.find('\u{1b}') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if !rest.starts_with('[') {
+            continue;
+        }
+        let body_end = rest[1..].find(|c: char| c.is_ascii_alphabetic());
+        let Some(end) = body_end else {
+            rest = "";
+            break;
+        };
+        let params = &rest[1..1 + end];
+        let cmd = rest.as_bytes()[1 + end];
+        rest = &rest[2 + end..];
+        if cmd != b'm' {
+            continue;
+        }
+        for p in params.split(';') {
+            let code: u32 = p.parse().unwrap_or(0);
+            if code == 0 {
+                while open > 0 {
+                    out.push_str("</span>");
+                    open -= 1;
+                }
+            } else if code == 1 {
+                out.push_str("<span style=\"font-weight:bold\">");
+                open += 1;
+            } else if let Some(c) = colour(code) {
+                out.push_str(&format!("<span style=\"color:{c}\">"));
+                open += 1;
+            }
+        }
+    }
+    out.push_str(rest);
+    for _ in 0..open {
+        out.push_str("</span>");
+    }
+    out
+}
+
+/// The live log page: the records so far, then the SSE stream appends more.
+/// `title` and `sse_url` are escaped here; `body_html` is already escaped.
+pub fn page(title: &str, body_html: &str, sse_url: &str, completed: bool) -> String {
+    let title = html_escape(title);
+    let sse = html_escape(sse_url);
+    let follow = if completed {
+        String::new()
+    } else {
+        format!(
+            r#"<script>
+const log = document.getElementById('log');
+const src = new EventSource(document.getElementById('log').dataset.sse);
+src.onmessage = (e) => {{
+  const r = JSON.parse(e.data);
+  const line = document.createElement('div');
+  line.className = r.stream;
+  line.innerHTML = r.html;
+  log.appendChild(line);
+  window.scrollTo(0, document.body.scrollHeight);
+}};
+src.addEventListener('end', () => {{ src.close(); document.getElementById('state').textContent = 'finished'; }});
+</script>"#
+        )
+    };
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{background:#111;color:#ddd;font:13px monospace;margin:1em}} .stderr{{color:#f99}} .info{{color:#9cf}} div{{white-space:pre-wrap}}</style>
+</head><body><h3>{title} <small id="state">{state}</small></h3>
+<div id="log" data-sse="{sse}">{body_html}</div>
+{follow}
+</body></html>
+"#,
+        state = if completed { "finished" } else { "running" },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_before_colouring() {
+        assert_eq!(
+            html_escape("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
+        let h = ansi_to_html("\u{1b}[31m<b>red</b>\u{1b}[0m ok");
+        assert_eq!(
+            h,
+            "<span style=\"color:#e55\">&lt;b&gt;red&lt;/b&gt;</span> ok"
+        );
+    }
+
+    #[test]
+    fn unclosed_and_unknown_sequences() {
+        assert_eq!(
+            ansi_to_html("\u{1b}[1;32mgo"),
+            "<span style=\"font-weight:bold\"><span style=\"color:#5c5\">go</span></span>"
+        );
+        assert_eq!(ansi_to_html("a\u{1b}[2Kb"), "ab");
+        assert_eq!(ansi_to_html("a\u{1b}[12"), "a");
+        assert_eq!(ansi_to_html("a\u{1b}b"), "ab");
+    }
+}

@@ -1,0 +1,358 @@
+//! Tasks, subtasks, approvals and step logs.
+//!
+//! Indexes are tables of their own, written in the same transaction as the
+//! row they index: tasks by (project, id) for listing, by (project, created
+//! time, id) for statistics, the set of unfinished tasks for recovery,
+//! subtasks by (task, position), and pending approvals by project.
+
+use super::*;
+use crate::model::{Approval, LogRecord, Subtask, Task};
+
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
+const TASK_TIME: TableDefinition<(u64, i64, u64), &str> = TableDefinition::new("task_time");
+const ACTIVE: TableDefinition<&str, ()> = TableDefinition::new("active_tasks");
+const SUBTASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("subtasks");
+const SUBTASK_INDEX: TableDefinition<(&str, u32), &str> = TableDefinition::new("subtask_index");
+const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+const APPROVAL_PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("approval_pending");
+/// (log key, seq) → LogRecord JSON.
+const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
+    tx.open_table(TASKS)?;
+    tx.open_table(TASK_INDEX)?;
+    tx.open_table(TASK_TIME)?;
+    tx.open_table(ACTIVE)?;
+    tx.open_table(SUBTASKS)?;
+    tx.open_table(SUBTASK_INDEX)?;
+    tx.open_table(APPROVALS)?;
+    tx.open_table(APPROVAL_PENDING)?;
+    tx.open_table(LOGS)?;
+    Ok(())
+}
+
+/// A write transaction over tasks: read-modify-write of several rows that
+/// commit together (or not at all).
+pub struct Tx<'a>(&'a WriteTransaction);
+
+impl Tx<'_> {
+    pub fn task(&self, uuid: &str) -> Result<Option<Task>> {
+        let t = self.0.open_table(TASKS)?;
+        let v = t.get(uuid)?;
+        v.map(|v| from_json(v.value())).transpose()
+    }
+
+    pub fn put_task(&self, t: &Task) -> Result<()> {
+        self.0
+            .open_table(TASKS)?
+            .insert(t.uuid.as_str(), to_json(t)?.as_slice())?;
+        let mut active = self.0.open_table(ACTIVE)?;
+        if t.is_finished() {
+            active.remove(t.uuid.as_str())?;
+        } else {
+            active.insert(t.uuid.as_str(), ())?;
+        }
+        Ok(())
+    }
+
+    pub fn subtask(&self, uuid: &str) -> Result<Option<Subtask>> {
+        let t = self.0.open_table(SUBTASKS)?;
+        let v = t.get(uuid)?;
+        v.map(|v| from_json(v.value())).transpose()
+    }
+
+    pub fn put_subtask(&self, s: &Subtask) -> Result<()> {
+        self.0
+            .open_table(SUBTASKS)?
+            .insert(s.uuid.as_str(), to_json(s)?.as_slice())?;
+        Ok(())
+    }
+
+    pub fn subtasks(&self, task: &str) -> Result<Vec<Subtask>> {
+        let idx = self.0.open_table(SUBTASK_INDEX)?;
+        let subs = self.0.open_table(SUBTASKS)?;
+        let mut out = Vec::new();
+        for row in idx.range((task, 0)..=(task, u32::MAX))? {
+            let (_, uuid) = row?;
+            if let Some(v) = subs.get(uuid.value())? {
+                out.push(from_json(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn approval(&self, uuid: &str) -> Result<Option<Approval>> {
+        let t = self.0.open_table(APPROVALS)?;
+        let v = t.get(uuid)?;
+        v.map(|v| from_json(v.value())).transpose()
+    }
+
+    pub fn put_approval(&self, a: &Approval) -> Result<()> {
+        self.0
+            .open_table(APPROVALS)?
+            .insert(a.uuid.as_str(), to_json(a)?.as_slice())?;
+        let mut pending = self.0.open_table(APPROVAL_PENDING)?;
+        if a.status == "pending" {
+            pending.insert((a.projectid, a.uuid.as_str()), ())?;
+        } else {
+            pending.remove((a.projectid, a.uuid.as_str()))?;
+        }
+        Ok(())
+    }
+
+    pub fn oplog(&self, project: u64, user: &str, title: &str, info: &str) -> Result<()> {
+        oplog(self.0, project, user, title, info)
+    }
+
+    /// Stores a new task with its batches; 409 if the uuid is taken.
+    pub fn insert_task(&self, t: &mut Task, subs: &mut [Subtask]) -> Result<()> {
+        if self.0.open_table(TASKS)?.get(t.uuid.as_str())?.is_some() {
+            return Err(Error::Conflict(format!(
+                "task uuid {} is already used",
+                t.uuid
+            )));
+        }
+        t.id = next_id(self.0, "task")?;
+        self.0
+            .open_table(TASK_INDEX)?
+            .insert((t.projectid, t.id), t.uuid.as_str())?;
+        self.0
+            .open_table(TASK_TIME)?
+            .insert((t.projectid, t.created_ms, t.id), t.uuid.as_str())?;
+        let mut idx = self.0.open_table(SUBTASK_INDEX)?;
+        for s in subs.iter_mut() {
+            s.id = next_id(self.0, "subtask")?;
+            idx.insert((t.uuid.as_str(), s.idx), s.uuid.as_str())?;
+            self.put_subtask(s)?;
+        }
+        drop(idx);
+        self.put_task(t)
+    }
+}
+
+/// Filters of `GET /task/:projectid`.
+#[derive(Default, Debug)]
+pub struct TaskFilter {
+    pub name: Option<String>,
+    pub user: Option<String>,
+    pub status: Option<String>,
+    pub taskuuid: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub before_id: Option<u64>,
+    pub limit: usize,
+}
+
+impl TaskFilter {
+    fn matches(&self, t: &Task) -> bool {
+        self.name
+            .as_ref()
+            .is_none_or(|n| t.name.contains(n.as_str()))
+            && self.user.as_ref().is_none_or(|u| &t.user == u)
+            && self.status.as_ref().is_none_or(|s| &t.status == s)
+            && self.taskuuid.as_ref().is_none_or(|u| &t.uuid == u)
+            && self.from_ms.is_none_or(|f| t.created_ms >= f)
+            && self.to_ms.is_none_or(|e| t.created_ms < e)
+    }
+}
+
+impl Store {
+    /// Runs `f` over a task transaction and commits durably.
+    pub fn tx<T>(&self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
+        self.write(|tx| f(&Tx(tx)))
+    }
+
+    pub fn task(&self, uuid: &str) -> Result<Option<Task>> {
+        self.read(|tx| {
+            let t = tx.open_table(TASKS)?;
+            let v = t.get(uuid)?;
+            v.map(|v| from_json(v.value())).transpose()
+        })
+    }
+
+    pub fn subtasks(&self, task: &str) -> Result<Vec<Subtask>> {
+        self.tx_read(|tx| {
+            let idx = tx.open_table(SUBTASK_INDEX)?;
+            let subs = tx.open_table(SUBTASKS)?;
+            let mut out = Vec::new();
+            for row in idx.range((task, 0)..=(task, u32::MAX))? {
+                let (_, uuid) = row?;
+                if let Some(v) = subs.get(uuid.value())? {
+                    out.push(from_json(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn tx_read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
+        self.read(f)
+    }
+
+    pub fn subtask(&self, uuid: &str) -> Result<Option<Subtask>> {
+        self.read(|tx| {
+            let t = tx.open_table(SUBTASKS)?;
+            let v = t.get(uuid)?;
+            v.map(|v| from_json(v.value())).transpose()
+        })
+    }
+
+    /// Tasks of a project, id descending, filtered. With a time filter the
+    /// time index bounds the scan.
+    pub fn tasks(&self, project: u64, f: &TaskFilter) -> Result<Vec<Task>> {
+        self.read(|tx| {
+            let tasks = tx.open_table(TASKS)?;
+            let mut out = Vec::new();
+            let hi = f.before_id.map(|b| b.saturating_sub(1)).unwrap_or(u64::MAX);
+            if f.from_ms.is_some() || f.to_ms.is_some() {
+                let lo = f.from_ms.unwrap_or(i64::MIN);
+                let to = f.to_ms.unwrap_or(i64::MAX);
+                let idx = tx.open_table(TASK_TIME)?;
+                let mut found = Vec::new();
+                for row in idx.range((project, lo, 0)..(project, to, 0))? {
+                    let (k, uuid) = row?;
+                    if k.value().2 <= hi {
+                        found.push((k.value().2, uuid.value().to_string()));
+                    }
+                }
+                found.sort_by(|a, b| b.0.cmp(&a.0));
+                for (_, uuid) in found {
+                    if let Some(v) = tasks.get(uuid.as_str())? {
+                        let t: Task = from_json(v.value())?;
+                        if f.matches(&t) {
+                            out.push(t);
+                            if out.len() >= f.limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            let idx = tx.open_table(TASK_INDEX)?;
+            for row in idx.range((project, 0)..=(project, hi))?.rev() {
+                let (_, uuid) = row?;
+                if let Some(v) = tasks.get(uuid.value())? {
+                    let t: Task = from_json(v.value())?;
+                    if f.matches(&t) {
+                        out.push(t);
+                        if out.len() >= f.limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Tasks of a project created in `[from, to)` (statistics), oldest first.
+    pub fn tasks_between(&self, project: u64, from: i64, to: i64) -> Result<Vec<Task>> {
+        self.read(|tx| {
+            let idx = tx.open_table(TASK_TIME)?;
+            let tasks = tx.open_table(TASKS)?;
+            let mut out = Vec::new();
+            for row in idx.range((project, from, 0)..(project, to, 0))? {
+                let (_, uuid) = row?;
+                if let Some(v) = tasks.get(uuid.value())? {
+                    out.push(from_json(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Uuids of tasks not finished (for restart recovery).
+    pub fn active_tasks(&self) -> Result<Vec<String>> {
+        self.read(|tx| {
+            let t = tx.open_table(ACTIVE)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                out.push(row?.0.value().to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn pending_approvals(&self, project: u64) -> Result<Vec<Approval>> {
+        self.read(|tx| {
+            let idx = tx.open_table(APPROVAL_PENDING)?;
+            let all = tx.open_table(APPROVALS)?;
+            let mut out = Vec::new();
+            for row in idx.range((project, "")..)? {
+                let (k, _) = row?;
+                let (p, uuid) = k.value();
+                if p != project {
+                    break;
+                }
+                if let Some(v) = all.get(uuid)? {
+                    out.push(from_json(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn approval(&self, uuid: &str) -> Result<Option<Approval>> {
+        self.read(|tx| {
+            let t = tx.open_table(APPROVALS)?;
+            let v = t.get(uuid)?;
+            v.map(|v| from_json(v.value())).transpose()
+        })
+    }
+
+    /// Appends log records in one transaction (the log writer's group commit).
+    pub fn append_logs(&self, records: &[(String, u64, LogRecord)]) -> Result<()> {
+        self.write(|tx| {
+            let mut t = tx.open_table(LOGS)?;
+            for (key, seq, r) in records {
+                t.insert((key.as_str(), *seq), to_json(r)?.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The last sequence number written under `key` (0 when none).
+    pub fn last_log_seq(&self, key: &str) -> Result<u64> {
+        self.read(|tx| {
+            let t = tx.open_table(LOGS)?;
+            let last = t.range((key, 0)..=(key, u64::MAX))?.next_back();
+            match last {
+                Some(row) => Ok(row?.0.value().1),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// Records of `key` with seq > `offset`, at most `max`.
+    pub fn logs(&self, key: &str, offset: u64, max: usize) -> Result<Vec<(u64, LogRecord)>> {
+        self.read(|tx| {
+            let t = tx.open_table(LOGS)?;
+            let mut out = Vec::new();
+            let start = offset.saturating_add(1);
+            for row in t.range((key, start)..=(key, u64::MAX))? {
+                let (k, v) = row?;
+                out.push((k.value().1, from_json(v.value())?));
+                if out.len() >= max {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Store {
+    /// Pending approvals of one task.
+    pub fn pending_approvals_of_task(&self, task: &str) -> Result<Vec<Approval>> {
+        let Some(t) = self.task(task)? else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .pending_approvals(t.projectid)?
+            .into_iter()
+            .filter(|a| a.taskuuid == task)
+            .collect())
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the tests need (on Debian) and runs every check and test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v rsync >/dev/null || need+=(rsync)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The end-to-end tests drive the built binaries and plugins.
+cargo build --workspace
+cargo test --workspace --all-features
