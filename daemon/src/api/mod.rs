@@ -2,6 +2,7 @@
 //! Everything tide-specific stays in this module.
 
 mod inventory;
+mod plugin_http;
 mod tasks;
 
 use crate::auth::{Principal, Role};
@@ -211,6 +212,7 @@ pub fn routes(app: Arc<App>) -> tide::Server<Arc<App>> {
     s.at("/mon").get(h(mon));
     inventory::routes(&mut s);
     tasks::routes(&mut s);
+    plugin_http::routes(&mut s);
     s.at("*").all(h(not_found));
     s.at("/").all(h(not_found));
     s
