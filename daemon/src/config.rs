@@ -43,7 +43,11 @@ pub struct Engine {
 #[serde(default, deny_unknown_fields)]
 pub struct Logs {
     pub max_bytes_per_step: u64,
-    pub retention_days: u64,
+    /// Step logs of tasks finished longer ago are pruned; 0 keeps them forever.
+    /// Fractions are allowed (0.5 = 12 hours).
+    pub retention_days: f64,
+    /// How often the background pruning looks for expired logs.
+    pub retention_check_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -100,7 +104,8 @@ impl Default for Logs {
     fn default() -> Self {
         Logs {
             max_bytes_per_step: 16 << 20,
-            retention_days: 90,
+            retention_days: 90.0,
+            retention_check_secs: 3600,
         }
     }
 }
@@ -125,6 +130,12 @@ impl Config {
         }
         if self.engine.max_parallel == 0 {
             return Err("engine.max_parallel: must be at least 1".into());
+        }
+        if !self.logs.retention_days.is_finite() || self.logs.retention_days < 0.0 {
+            return Err("logs.retention_days: must be a number of days, 0 or more".into());
+        }
+        if self.logs.retention_check_secs == 0 {
+            return Err("logs.retention_check_secs: must be at least 1".into());
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, t) in self.auth.tokens.iter().enumerate() {
@@ -236,6 +247,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("god"), "{e}");
+    }
+
+    #[test]
+    fn retention_days_whole_or_fractional() {
+        assert_eq!(Config::parse("").expect("empty").logs.retention_days, 90.0);
+        let c = Config::parse("[logs]\nretention_days = 7").expect("integer days");
+        assert_eq!(c.logs.retention_days, 7.0);
+        let c = Config::parse("[logs]\nretention_days = 0.5").expect("fractional days");
+        assert_eq!(c.logs.retention_days, 0.5);
+        let e = Config::parse("[logs]\nretention_days = -1").unwrap_err();
+        assert!(e.contains("logs.retention_days"), "{e}");
+        let e = Config::parse("[logs]\nretention_check_secs = 0").unwrap_err();
+        assert!(e.contains("logs.retention_check_secs"), "{e}");
     }
 
     #[test]

@@ -246,7 +246,8 @@ async fn approval_decide(mut req: Req) -> Result<Reply> {
 
 /// Whether the work behind a log key has ended (no more records will come).
 fn log_completed(app: &App, task: &Task, sub: Option<&Subtask>) -> Result<bool> {
-    if task.is_finished() {
+    let now = app.store.task(&task.uuid)?;
+    if now.as_ref().is_none_or(Task::is_finished) {
         return Ok(true);
     }
     let Some(s) = sub else { return Ok(false) };

@@ -151,6 +151,7 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
         }
         tx.put_task(&t)
     })?;
+    e.logs.notify();
     log::info!("task {uuid} finished");
     Ok(())
 }
@@ -306,7 +307,10 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                 }
             }
             tx.put_subtask(&s)
-        })
+        })?;
+        // Followers of this batch's logs learn that it ended.
+        e.logs.notify();
+        Ok(())
     })
     .await
 }

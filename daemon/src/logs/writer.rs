@@ -129,6 +129,11 @@ impl LogWriter {
         self.inner.appended.listen()
     }
 
+    /// Wakes live readers without a commit (e.g. the work behind a key ended).
+    pub fn notify(&self) {
+        self.inner.appended.notify(usize::MAX);
+    }
+
     /// Flushes and stops the background thread (shutdown).
     pub fn close(&self) {
         self.flush();
