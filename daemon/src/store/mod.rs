@@ -4,6 +4,7 @@
 //! transaction as the change it describes.
 
 mod inventory;
+mod maintenance;
 mod tasks;
 
 pub use tasks::{TaskFilter, Tx};
