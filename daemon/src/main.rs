@@ -12,9 +12,11 @@ mod ids;
 mod jobs;
 mod logger;
 mod logs;
+mod metrics;
 mod model;
 mod server;
 mod state;
+mod stats;
 mod store;
 mod vars;
 

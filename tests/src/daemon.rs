@@ -101,6 +101,38 @@ pub struct Daemon {
     child: Option<Child>,
     stderr: Arc<Mutex<String>>,
     listen: String,
+    env: Vec<(String, String)>,
+}
+
+/// `extra` laid over `base`, table by table (so a test can add keys to
+/// `[server]` without repeating the header).
+fn merge_toml(base: &str, extra: &str) -> String {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut b: toml::Table = base.parse().expect("base config");
+    let e: toml::Table = extra.parse().expect("extra config is valid TOML");
+    merge(&mut b, e);
+    toml::to_string(&b).expect("config serializes")
+}
+
+/// libfaketime's preload library, where the faketime package put it.
+pub fn faketime_lib() -> Option<PathBuf> {
+    let dirs = [
+        "/usr/lib/x86_64-linux-gnu/faketime",
+        "/usr/lib/aarch64-linux-gnu/faketime",
+        "/usr/lib/faketime",
+    ];
+    dirs.iter()
+        .map(|d| Path::new(d).join("libfaketime.so.1"))
+        .find(|p| p.exists())
 }
 
 impl Daemon {
@@ -114,13 +146,13 @@ impl Daemon {
         let dir = TempDir::new("daemon");
         let data = dir.path().join("data");
         let plugins = bin_dir();
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nname = \"test-slave\"\n\n[storage]\ndata_dir = {:?}\n\n[plugins]\ndir = [{:?}]\n{}\n{}",
+        let base = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nname = \"test-slave\"\n\n[storage]\ndata_dir = {:?}\n\n[plugins]\ndir = [{:?}]\n{}",
             data.display().to_string(),
             plugins.display().to_string(),
             if tokens { TOKENS } else { "" },
-            extra
         );
+        let config = merge_toml(&base, extra);
         let config_path = dir.path().join("jobxd.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut d = Daemon {
@@ -130,9 +162,35 @@ impl Daemon {
             child: None,
             stderr: Arc::new(Mutex::new(String::new())),
             listen: "127.0.0.1:0".into(),
+            env: Vec::new(),
         };
         d.spawn();
         d
+    }
+
+    /// Sets an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Runs the daemon's clock at `at` (`YYYY-MM-DD hh:mm:ss`, UTC) from the
+    /// next (re)start on, through libfaketime; `None` returns to real time.
+    pub fn fake_time(&mut self, at: Option<&str>) {
+        self.env.retain(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "LD_PRELOAD" | "FAKETIME" | "FAKETIME_DONT_FAKE_MONOTONIC" | "TZ"
+            )
+        });
+        self.set_env("TZ", "UTC");
+        if let Some(at) = at {
+            let lib = faketime_lib()
+                .expect("libfaketime (Debian package faketime) is installed by tests/run.sh");
+            self.set_env("LD_PRELOAD", &lib.display().to_string());
+            self.set_env("FAKETIME", &format!("@{at}"));
+            self.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -141,6 +199,7 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let mut child = Command::new(bin_dir().join("jobxd"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&self.config_path)
             .arg("--listen")

@@ -3,7 +3,9 @@
 
 mod inventory;
 mod plugin_http;
+mod stats;
 mod tasks;
+mod third;
 
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
@@ -202,6 +204,39 @@ async fn mon(req: Req) -> Result<Reply> {
     }
 }
 
+async fn metrics(req: Req) -> Result<Reply> {
+    let app = req.state().clone();
+    if !app.config.server.public_metrics {
+        principal(&req)?;
+    }
+    let a2 = app.clone();
+    let (tasks, waiting) = blocking::unblock(move || {
+        Ok::<_, Error>((a2.store.task_status_counts()?, a2.engine.waiting_batches()?))
+    })
+    .await?;
+    let size = std::fs::metadata(app.store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    Ok(Reply::Text(
+        app.engine.metrics.render(&tasks, waiting, size),
+    ))
+}
+
+/// Counts every answered request by method, route and status code.
+struct CountRequests;
+
+#[tide::utils::async_trait]
+impl tide::Middleware<Arc<App>> for CountRequests {
+    async fn handle(&self, req: Req, next: tide::Next<'_, Arc<App>>) -> tide::Result {
+        let app = req.state().clone();
+        let method = req.method().to_string();
+        let path = req.url().path().to_string();
+        let res = next.run(req).await;
+        app.engine.metrics.http(&method, &path, res.status() as u16);
+        Ok(res)
+    }
+}
+
 async fn not_found(_req: Req) -> Result<Reply> {
     Err(Error::NotFound("no such endpoint".into()))
 }
@@ -209,9 +244,13 @@ async fn not_found(_req: Req) -> Result<Reply> {
 /// Builds the tide application with every route.
 pub fn routes(app: Arc<App>) -> tide::Server<Arc<App>> {
     let mut s = tide::with_state(app);
+    s.with(CountRequests);
     s.at("/mon").get(h(mon));
+    s.at("/metrics").get(h(metrics));
     inventory::routes(&mut s);
+    stats::routes(&mut s);
     tasks::routes(&mut s);
+    third::routes(&mut s);
     plugin_http::routes(&mut s);
     s.at("*").all(h(not_found));
     s.at("/").all(h(not_found));

@@ -26,6 +26,7 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub plugins: Arc<PluginSet>,
     pub logs: LogWriter,
+    pub metrics: crate::metrics::Metrics,
     max_parallel: usize,
     max_log_bytes: u64,
     data_dir: String,
@@ -65,6 +66,7 @@ impl Engine {
             store,
             plugins,
             logs,
+            metrics: Default::default(),
             max_parallel: cfg.engine.max_parallel,
             max_log_bytes: cfg.logs.max_bytes_per_step,
             data_dir: cfg.storage.data_dir.display().to_string(),
@@ -72,6 +74,20 @@ impl Engine {
             wakers: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Batches of unfinished tasks waiting in WaitConfirm.
+    pub fn waiting_batches(&self) -> Result<u64> {
+        let mut n = 0;
+        for uuid in self.store.active_tasks()? {
+            n += self
+                .store
+                .subtasks(&uuid)?
+                .iter()
+                .filter(|s| s.waiting())
+                .count() as u64;
+        }
+        Ok(n)
     }
 
     /// Wakes a task's runner so it re-reads the store.
@@ -513,11 +529,15 @@ fn new_subtask(task: &str, idx: u32, nodes: Vec<String>) -> Subtask {
     }
 }
 
-/// An approval is decided by the first refusal, or by agreement (of one
-/// approver, or of all with `everyone`).
+/// An approval is decided by the first refusal, by an admin's word, or by
+/// agreement (of one approver, or of all with `everyone`).
 fn approval_status(a: &Approval) -> String {
     if a.opinions.values().any(|o| o == "refuse") {
         return "refuse".into();
+    }
+    // An admin who is not a listed approver decides for all.
+    if a.opinions.keys().any(|n| !a.approvers.contains(n)) {
+        return "agree".into();
     }
     let agreed = |n: &String| a.opinions.get(n).is_some_and(|o| o == "agree");
     let done = if a.everyone {

@@ -525,6 +525,7 @@ async fn run_node(
     if stopped(e, &task.uuid).await.unwrap_or(false) {
         handle.cancel();
     }
+    let began = std::time::Instant::now();
     let limit = Duration::from_secs(step.timeout) + HOST_GRACE;
     let result = async { rx.recv().await.ok() }
         .or(async {
@@ -563,6 +564,8 @@ async fn run_node(
         );
     }
     let ok = result.is_success();
+    e.metrics
+        .step(&step.plugin, ok, began.elapsed().as_secs_f64());
     let text = match (&result.error, result.exit_code) {
         (Some(err), _) => format!("failed: {err}"),
         (None, Some(code)) => format!("exit code {code}"),

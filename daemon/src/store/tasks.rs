@@ -18,6 +18,8 @@ const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals"
 const APPROVAL_PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("approval_pending");
 /// (log key, seq) → LogRecord JSON.
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+/// status → number of tasks in it (for metrics without a scan).
+const STATUS_COUNT: TableDefinition<&str, u64> = TableDefinition::new("task_status_count");
 
 pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(TASKS)?;
@@ -29,6 +31,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(APPROVALS)?;
     tx.open_table(APPROVAL_PENDING)?;
     tx.open_table(LOGS)?;
+    tx.open_table(STATUS_COUNT)?;
     Ok(())
 }
 
@@ -44,6 +47,19 @@ impl Tx<'_> {
     }
 
     pub fn put_task(&self, t: &Task) -> Result<()> {
+        let old = self.task(&t.uuid)?.map(|o| o.status);
+        if old.as_deref() != Some(t.status.as_str()) {
+            let mut counts = self.0.open_table(STATUS_COUNT)?;
+            if let Some(o) = &old {
+                let n = counts.get(o.as_str())?.map(|v| v.value()).unwrap_or(0);
+                counts.insert(o.as_str(), n.saturating_sub(1))?;
+            }
+            let n = counts
+                .get(t.status.as_str())?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            counts.insert(t.status.as_str(), n + 1)?;
+        }
         self.0
             .open_table(TASKS)?
             .insert(t.uuid.as_str(), to_json(t)?.as_slice())?;
@@ -344,6 +360,19 @@ impl Store {
 }
 
 impl Store {
+    /// Number of tasks per status.
+    pub fn task_status_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|tx| {
+            let t = tx.open_table(STATUS_COUNT)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
     /// Pending approvals of one task.
     pub fn pending_approvals_of_task(&self, task: &str) -> Result<Vec<Approval>> {
         let Some(t) = self.task(task)? else {
