@@ -1,4 +1,5 @@
-//! Command line (pure): `jobxd [--config PATH] [--listen ADDR] [--data-dir DIR] [--check-config]`.
+//! Command line (pure): `jobxd [--config PATH] [--listen ADDR] [--data-dir DIR] [--check-config]`,
+//! and `jobxd backup --config PATH --to FILE`.
 
 use std::path::PathBuf;
 
@@ -6,6 +7,7 @@ pub const USAGE: &str = "\
 jobxd - run jobs on fleets of hosts in batches
 
 usage: jobxd [options]
+       jobxd backup [--config PATH] --to FILE
 
 options:
   --config PATH     configuration file (default: the embedded default config)
@@ -14,6 +16,12 @@ options:
   --check-config    validate the configuration and exit
   --version         print the version and exit
   --help            print this help and exit
+
+backup:
+  Asks the running daemon (at server.listen) for a consistent copy of its
+  store and writes it to FILE. The token is JOBX_TOKEN, else a configured
+  token with admin on \"*\", else <data_dir>/admin.token. To restore, stop
+  jobxd and put FILE in place as <data_dir>/jobx.redb.
 
 environment:
   RUST_LOG          log level: error, warn, info (default), debug, trace
@@ -27,6 +35,10 @@ pub struct Cli {
     pub check_config: bool,
     pub version: bool,
     pub help: bool,
+    /// `backup`: take a backup from the running daemon.
+    pub backup: bool,
+    /// `--to FILE` of `backup`.
+    pub to: Option<PathBuf>,
 }
 
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
@@ -50,8 +62,16 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             "--check-config" => cli.check_config = true,
             "--version" | "-V" => cli.version = true,
             "--help" | "-h" => cli.help = true,
+            "backup" => cli.backup = true,
+            "--to" => cli.to = Some(PathBuf::from(value("--to")?)),
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
+    }
+    if cli.backup && cli.to.is_none() && !cli.help {
+        return Err("backup needs --to FILE".into());
+    }
+    if cli.to.is_some() && !cli.backup {
+        return Err("--to belongs to the backup command: jobxd backup --to FILE".into());
     }
     Ok(cli)
 }
@@ -80,5 +100,22 @@ mod tests {
         assert!(p(&["--check-config"]).expect("ok").check_config);
         assert!(p(&["--listen"]).is_err());
         assert!(p(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn backup_command() {
+        let c = p(&[
+            "backup",
+            "--config",
+            "/etc/jobx/jobxd.toml",
+            "--to",
+            "/tmp/b.redb",
+        ])
+        .expect("ok");
+        assert!(c.backup);
+        assert_eq!(c.to, Some(PathBuf::from("/tmp/b.redb")));
+        assert_eq!(c.config, Some(PathBuf::from("/etc/jobx/jobxd.toml")));
+        assert!(p(&["backup"]).unwrap_err().contains("--to"));
+        assert!(p(&["--to", "x"]).unwrap_err().contains("backup"));
     }
 }

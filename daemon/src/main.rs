@@ -14,6 +14,7 @@ mod logger;
 mod logs;
 mod metrics;
 mod model;
+mod ops;
 mod server;
 mod state;
 mod stats;
@@ -22,7 +23,7 @@ mod vars;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -84,7 +85,7 @@ fn admin_token(data_dir: &Path) -> Result<auth::Tokens, String> {
     Ok(auth::Tokens::admin(&token))
 }
 
-fn run(cfg: config::Config) -> Result<(), String> {
+fn run(cfg: config::Config, config_path: Option<PathBuf>) -> Result<(), String> {
     let store = store::Store::open(&cfg.storage.data_dir).map_err(|e| e.to_string())?;
     let tokens = if cfg.auth.tokens.is_empty() {
         admin_token(&cfg.storage.data_dir)?
@@ -104,7 +105,10 @@ fn run(cfg: config::Config) -> Result<(), String> {
     if resumed > 0 {
         log::info!("resumed {resumed} unfinished task(s)");
     }
+    let mut retention = ops::retention::start(engine.store.clone(), &cfg.logs);
     let app = Arc::new(state::App::new(cfg, engine.clone(), tokens));
+    ops::reload::watch(app.clone(), config_path)
+        .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     async_std::task::block_on(async {
         let listener = async_std::net::TcpListener::bind(&listen)
             .await
@@ -115,10 +119,12 @@ fn run(cfg: config::Config) -> Result<(), String> {
             env!("CARGO_PKG_VERSION"),
             app.slave
         );
+        ops::notify_ready();
         server::serve(listener, api::routes(app.clone()))
             .await
             .map_err(|e| e.to_string())
     })?;
+    retention.stop();
     // Step logs queued so far are committed; dropping the last handle closes the store.
     engine.logs.close();
     drop(app);
@@ -154,7 +160,16 @@ fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    match run(cfg) {
+    if let (true, Some(to)) = (cli.backup, &cli.to) {
+        return match ops::backup::client(&cfg, to) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jobxd backup: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(cfg, cli.config.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

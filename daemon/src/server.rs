@@ -49,6 +49,7 @@ async fn shutdown_signal() -> std::io::Result<()> {
     let mut signals = Signals::new([Signal::Term, Signal::Int])?;
     let sig = signals.next().await;
     log::info!("received {sig:?}, shutting down");
+    crate::ops::notify_stopping();
     Ok(())
 }
 

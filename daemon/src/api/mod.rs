@@ -246,6 +246,7 @@ pub fn routes(app: Arc<App>) -> tide::Server<Arc<App>> {
     let mut s = tide::with_state(app);
     s.with(CountRequests);
     s.at("/mon").get(h(mon));
+    s.at("/backup").get(crate::ops::backup::endpoint);
     s.at("/metrics").get(h(metrics));
     inventory::routes(&mut s);
     stats::routes(&mut s);

@@ -61,6 +61,11 @@ pub fn start(store: Arc<Store>, cfg: &Logs) -> Retention {
     }
     let keep_ms = (cfg.retention_days * 86_400_000.0) as i64;
     let every = Duration::from_secs(cfg.retention_check_secs);
+    log::info!(
+        "log retention: step logs of tasks finished more than {} day(s) ago are pruned, checked every {}s",
+        cfg.retention_days,
+        every.as_secs()
+    );
     let s2 = stop.clone();
     let spawned = std::thread::Builder::new()
         .name("jobx-retention".into())

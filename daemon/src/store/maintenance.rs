@@ -18,7 +18,9 @@
 
 use super::*;
 use crate::model::Task;
-use redb::{Durability, Key, MultimapTableHandle, TableError, TableHandle, Value};
+use redb::{
+    Durability, Key, MultimapTableHandle, ReadableTableMetadata, TableError, TableHandle, Value,
+};
 use std::ops::Bound;
 
 // The task tables as defined in `tasks.rs`; redb refuses to open a table
@@ -334,6 +336,18 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Opens a store file read-only (a backup) and counts its tasks; an
+    /// error if it is not a complete store.
+    pub fn check_file(path: &Path) -> Result<u64> {
+        let db = redb::ReadOnlyDatabase::open(path)?;
+        let tx = db.begin_read()?;
+        tx.open_table(META)?;
+        let tasks = tx.open_table(TASKS)?.len()?;
+        Ok(tasks)
+    }
+}
+
 /// Copies one table (if it exists) in chunks of committed transactions.
 fn copy_table<K: Key + 'static, V: Value + 'static>(
     src: &redb::ReadTransaction,
@@ -554,5 +568,13 @@ mod tests {
         assert_eq!(count(&r, OLD_SUB), 50_001);
         assert_eq!(count(&r, "Zzzzzzzzzzz9"), 0);
         assert_eq!(r.last_log_seq(OLD).expect("seq"), 50_001);
+        drop(r);
+        assert_eq!(
+            Store::check_file(&copy_dir.join("jobx.redb")).expect("check"),
+            1
+        );
+        let junk = d.0.join("junk.redb");
+        std::fs::write(&junk, b"not a store").expect("write");
+        assert!(Store::check_file(&junk).is_err());
     }
 }
