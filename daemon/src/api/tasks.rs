@@ -445,7 +445,7 @@ fn sse(req: Req, app: Arc<App>, key: String, task: Task, sub: Option<Subtask>) -
                 }
                 if !full {
                     // Wake on the next commit, or every 15 s to notice an end without new records.
-                    async { listener.await }
+                    listener
                         .or(async {
                             async_io::Timer::after(std::time::Duration::from_secs(15)).await;
                         })

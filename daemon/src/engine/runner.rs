@@ -43,7 +43,7 @@ fn load(e: &Engine, uuid: &str) -> Result<(Task, Vec<Subtask>)> {
 }
 
 enum Next {
-    Run(Subtask),
+    Run(Box<Subtask>),
     Wait,
     Finish,
 }
@@ -78,7 +78,7 @@ async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
                 return Ok(());
             }
             Next::Wait => listener.await,
-            Next::Run(sub) => run_batch(e, &task, sub).await?,
+            Next::Run(sub) => run_batch(e, &task, *sub).await?,
         }
     }
 }
@@ -93,9 +93,9 @@ fn next_step(task: &Task, subs: &[Subtask]) -> Next {
             continue;
         }
         return match s.status.as_str() {
-            "init" => Next::Run(s.clone()),
+            "init" => Next::Run(Box::new(s.clone())),
             "refuse" => Next::Finish,
-            "fail" if s.retry => Next::Run(s.clone()),
+            "fail" if s.retry => Next::Run(Box::new(s.clone())),
             "fail" if s.waiting() => Next::Wait,
             // A failed batch that does not wait (`_exit_`) ends the task.
             "fail" => Next::Finish,
@@ -702,7 +702,7 @@ async fn run_approval(
                 ),
             });
         }
-        async { listener.await }
+        listener
             .or(async {
                 async_io::Timer::after(Duration::from_millis(left as u64)).await;
             })

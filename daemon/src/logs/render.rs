@@ -86,21 +86,20 @@ pub fn page(title: &str, body_html: &str, sse_url: &str, completed: bool) -> Str
     let follow = if completed {
         String::new()
     } else {
-        format!(
-            r#"<script>
+        r#"<script>
 const log = document.getElementById('log');
 const src = new EventSource(document.getElementById('log').dataset.sse);
-src.onmessage = (e) => {{
+src.onmessage = (e) => {
   const r = JSON.parse(e.data);
   const line = document.createElement('div');
   line.className = r.stream;
   line.innerHTML = r.html;
   log.appendChild(line);
   window.scrollTo(0, document.body.scrollHeight);
-}};
-src.addEventListener('end', () => {{ src.close(); document.getElementById('state').textContent = 'finished'; }});
+};
+src.addEventListener('end', () => { src.close(); document.getElementById('state').textContent = 'finished'; });
 </script>"#
-        )
+            .to_string()
     };
     format!(
         r#"<!doctype html>

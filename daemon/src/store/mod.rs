@@ -7,7 +7,7 @@ mod inventory;
 mod maintenance;
 mod tasks;
 
-pub use tasks::{TaskFilter, Tx};
+pub use tasks::TaskFilter;
 
 use crate::error::{Error, Result};
 use crate::model::OpLog;

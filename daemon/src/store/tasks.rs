@@ -232,7 +232,7 @@ impl Store {
                         found.push((k.value().2, uuid.value().to_string()));
                     }
                 }
-                found.sort_by(|a, b| b.0.cmp(&a.0));
+                found.sort_by_key(|f| std::cmp::Reverse(f.0));
                 for (_, uuid) in found {
                     if let Some(v) = tasks.get(uuid.as_str())? {
                         let t: Task = from_json(v.value())?;
