@@ -33,6 +33,9 @@ pub struct Engine {
     slave: String,
     /// Wakes the runner of a task after its state changed.
     wakers: Mutex<HashMap<String, Arc<Event>>>,
+    /// Tasks with a stop flag, mirrored from the store so that nodes about
+    /// to start can check it without a read transaction.
+    stopping: Mutex<std::collections::HashSet<String>>,
     /// Plugin runs in flight, per task (what stop cancels).
     runs: Mutex<HashMap<String, HashMap<u64, RunHandle>>>,
 }
@@ -73,6 +76,7 @@ impl Engine {
             slave,
             wakers: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
+            stopping: Mutex::new(Default::default()),
         })
     }
 
@@ -88,6 +92,11 @@ impl Engine {
                 .count() as u64;
         }
         Ok(n)
+    }
+
+    /// Whether a stop was requested for a task (in-memory mirror of the store).
+    pub fn is_stopping(&self, task: &str) -> bool {
+        lock(&self.stopping).contains(task)
     }
 
     /// Wakes a task's runner so it re-reads the store.
@@ -280,6 +289,7 @@ impl Engine {
             runner::run(me.clone(), uuid.clone(), ev).await;
             lock(&me.wakers).remove(&uuid);
             lock(&me.runs).remove(&uuid);
+            lock(&me.stopping).remove(&uuid);
             me.logs.forget_task(&uuid);
         });
     }
@@ -311,6 +321,7 @@ impl Engine {
             Ok(true)
         })?;
         if stopped {
+            lock(&self.stopping).insert(uuid.to_string());
             let handles: Vec<RunHandle> = lock(&self.runs)
                 .get(uuid)
                 .map(|m| m.values().cloned().collect())
@@ -476,6 +487,9 @@ impl Engine {
                 let Some(t) = tx.task(uuid)? else {
                     return Ok(());
                 };
+                if t.stopped_by.is_some() {
+                    lock(&self.stopping).insert(uuid.clone());
+                }
                 for mut s in tx.subtasks(uuid)? {
                     if s.status != "running" {
                         continue;

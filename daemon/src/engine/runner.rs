@@ -315,12 +315,9 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
     .await
 }
 
+/// The in-memory stop flag (set by `Engine::stop` and by recovery).
 async fn stopped(e: &Arc<Engine>, uuid: &str) -> Result<bool> {
-    let id = uuid.to_string();
-    blocking(e, move |e| {
-        Ok(e.store.task(&id)?.is_some_and(|t| t.stopped_by.is_some()))
-    })
-    .await
+    Ok(e.is_stopping(uuid))
 }
 
 /// Collects one run's output into the log and its result into a channel.
