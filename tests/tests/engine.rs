@@ -707,3 +707,99 @@ fn sigkill_of_the_daemon_leaves_no_step_process_and_restart_waits_for_a_person()
         processes_with(&mark).is_empty().then_some(())
     });
 }
+
+/// A plugin dir with the real local plugin and the misbehaving fixture.
+fn crashy_plugin_dir(dir: &TempDir) -> String {
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    std::fs::copy(
+        bin_dir().join("libjobx_plugin_local.so"),
+        plugins.join("libjobx_plugin_local.so"),
+    )
+    .expect("copy local plugin");
+    std::fs::copy(
+        bin_dir().join("libjobx_fixture_crashy.so"),
+        plugins.join("libjobx_plugin_crashy.so"),
+    )
+    .expect("copy fixture plugin (cargo build --workspace builds it)");
+    plugins.display().to_string()
+}
+
+#[test]
+fn a_panicking_plugin_fails_only_its_step() {
+    let dir = TempDir::new("crashy");
+    let d = Daemon::start(&format!(
+        "[plugins]\ndir = [{:?}]\n",
+        crashy_plugin_dir(&dir)
+    ));
+    assert!(
+        d.stderr().contains("plugin crashy loaded from"),
+        "{}",
+        d.stderr()
+    );
+    nodes(&d, 10, &["n1", "n2"]);
+    group(&d, 10, "g", "list", "n1,n2");
+    for (name, script, why) in [
+        ("p1", "panic", "fixture panic in start"),
+        ("p2", "panic-later", ""),
+    ] {
+        job(
+            &d,
+            10,
+            name,
+            json!([{"plugin": "crashy", "script": script, "timeout": 5}]),
+        );
+        let u = start(&d, 10, name, "g", json!({}));
+        let subs = wait_confirm(&d, 10, &u, 0, T);
+        assert_eq!(subs[0]["status"], "fail");
+        let log = log_text(&d, &u);
+        assert!(
+            log.contains("[n1] failed:") && log.contains("[n2] failed:"),
+            "{log}"
+        );
+        assert!(log.contains(why), "{log}");
+        d.ok_put(&format!("/task/10/{u}"), json!({}));
+    }
+    // the daemon lives on: other steps of the same plugin and other plugins run
+    job(
+        &d,
+        10,
+        "fine",
+        json!([{"plugin": "crashy", "script": "hello"}, {"plugin": "local", "script": "echo local ok"}]),
+    );
+    let u = start(&d, 10, "fine", "g", json!({}));
+    assert_eq!(wait_finished(&d, 10, &u, T)["status"], "success");
+    let log = log_text(&d, &u);
+    assert!(
+        log.contains("[n1] crashy says hello") && log.contains("[n2] local ok"),
+        "{log}"
+    );
+    assert_eq!(d.req("GET", "/mon", None, None).0, 200);
+}
+
+#[test]
+fn a_bad_library_in_the_plugin_dir_is_refused_with_its_name() {
+    let dir = TempDir::new("badlib");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    let junk = plugins.join("libjobx_plugin_junk.so");
+    std::fs::write(&junk, "this is not a shared library").expect("write junk");
+    let cfg = dir.path().join("jobxd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[plugins]\ndir = [{:?}]\n[storage]\ndata_dir = {:?}\n",
+            plugins.display().to_string(),
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(bin_dir().join("jobxd"))
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run jobxd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&junk.display().to_string()), "{err}");
+}
