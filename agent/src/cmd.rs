@@ -180,6 +180,7 @@ pub fn run(spec: &Spec, out: &Output, control: &Control) -> Outcome {
         .arg("jobx-watchdog")
         .arg(&script.0)
         .arg(&program)
+        .arg(&script.0)
         .args(spec.args)
         .envs(spec.env)
         .current_dir(spec.workdir)
