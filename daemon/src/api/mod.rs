@@ -222,6 +222,45 @@ async fn metrics(req: Req) -> Result<Reply> {
     ))
 }
 
+/// Reads every request body up front (capped at `server.max_body_bytes`,
+/// 413 beyond). A handler that answers without reading the body would leave
+/// its bytes on a kept-alive connection, where they would be taken for the
+/// next request; and the cap then holds for every route, plugins' included.
+struct ReadBody;
+
+#[tide::utils::async_trait]
+impl tide::Middleware<Arc<App>> for ReadBody {
+    async fn handle(&self, mut req: Req, next: tide::Next<'_, Arc<App>>) -> tide::Result {
+        let max = req.state().config.server.max_body_bytes;
+        let too_large = || {
+            let mut r = render(Err(Error::TooLarge(format!(
+                "request body larger than {max} bytes"
+            ))));
+            // The rest of the body is not read: the connection can not be reused.
+            r.insert_header("connection", "close");
+            r
+        };
+        if req.len().is_some_and(|n| n > max) {
+            return Ok(too_large());
+        }
+        let mut buf = Vec::new();
+        let read = req
+            .take_body()
+            .into_reader()
+            .take(max as u64 + 1)
+            .read_to_end(&mut buf)
+            .await;
+        if let Err(e) = read {
+            return Ok(render(Err(Error::Bad(format!("reading body: {e}")))));
+        }
+        if buf.len() > max {
+            return Ok(too_large());
+        }
+        req.set_body(buf);
+        Ok(next.run(req).await)
+    }
+}
+
 /// Counts every answered request by method, route and status code.
 struct CountRequests;
 
@@ -245,6 +284,7 @@ async fn not_found(_req: Req) -> Result<Reply> {
 pub fn routes(app: Arc<App>) -> tide::Server<Arc<App>> {
     let mut s = tide::with_state(app);
     s.with(CountRequests);
+    s.with(ReadBody);
     s.at("/mon").get(h(mon));
     s.at("/backup").get(crate::ops::backup::endpoint);
     s.at("/metrics").get(h(metrics));
