@@ -1,1 +1,535 @@
-fn main() {}
+//! Load benchmark for the agent-pull plugin: one real `jobxd` and thousands
+//! of simulated agents speaking the agent protocol, as async tasks in this
+//! one process (one keep-alive connection each).
+//!
+//! ```text
+//! cargo build --release -p jobxd -p jobx-plugin-agent-pull -p jobx-bench-agent
+//! target/release/jobx-bench-agent --agents 10000 --batch 2000 --jobxd target/release/jobxd
+//! ```
+//!
+//! It starts jobxd on 127.0.0.1 with a temporary data dir, connects every
+//! agent, waits until all hold a poll, runs one task whose single `cmd`
+//! step goes to every agent (batches of `--batch` nodes), and reports:
+//! dispatch latency (the daemon queueing a step → the agent receiving it)
+//! p50/p99/max, requests per second while dispatching and while idle, and
+//! the daemon's peak RSS. Everything stays on the loopback interface and
+//! ends by itself (`--deadline`).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use futures_lite::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "bench-admin-token";
+
+struct Options {
+    agents: usize,
+    batch: usize,
+    jobxd: String,
+    deadline: Duration,
+    idle: Duration,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        agents: 10_000,
+        batch: 2_000,
+        jobxd: "target/release/jobxd".to_string(),
+        deadline: Duration::from_secs(600),
+        idle: Duration::from_secs(20),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number"))
+        };
+        match flag.as_str() {
+            "--agents" => o.agents = num()? as usize,
+            "--batch" => o.batch = num()? as usize,
+            "--jobxd" => o.jobxd = value.clone(),
+            "--deadline" => o.deadline = Duration::from_secs(num()?),
+            "--idle" => o.idle = Duration::from_secs(num()?),
+            _ => {
+                return Err(format!(
+                    "unknown option {flag}; options: --agents N --batch N --jobxd PATH --deadline SECS --idle SECS"
+                ))
+            }
+        }
+    }
+    if o.agents == 0 || o.batch == 0 {
+        return Err("--agents and --batch must be positive".to_string());
+    }
+    Ok(o)
+}
+
+/// The daemon under test; killed when dropped.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Daemon {
+    fn start(o: &Options) -> Result<Daemon, String> {
+        let jobxd = std::path::Path::new(&o.jobxd)
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", o.jobxd))?;
+        let plugins = jobxd
+            .parent()
+            .ok_or("jobxd has no directory")?
+            .to_path_buf();
+        let dir = std::env::temp_dir().join(format!("jobx-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let agents: Vec<String> = (0..o.agents)
+            .map(|i| format!("{{ name = \"a{i}\", token = \"tok-{i}\" }}"))
+            .collect();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nname = \"bench\"\n\n[storage]\ndata_dir = {:?}\n\n\
+             [engine]\nmax_parallel = {}\n\n[plugins]\ndir = [{:?}]\n\n\
+             [[auth.tokens]]\nname = \"admin\"\ntoken = \"{ADMIN}\"\nroles = {{ \"*\" = \"admin\" }}\n\n\
+             [plugins.agent-pull]\nlost_after = 60\nconnect_timeout = 300\npoll_hold = 50\nagents = [\n{}\n]\n",
+            dir.join("data").display().to_string(),
+            o.agents,
+            plugins.display().to_string(),
+            agents.join(",\n")
+        );
+        let path = dir.join("jobxd.toml");
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        let mut child = Command::new(&jobxd)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn,jobxd=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", jobxd.display()))?;
+        let err = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                } else if line.contains("ERROR") {
+                    eprintln!("jobxd: {line}");
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "jobxd did not start listening".to_string())?;
+        let addr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        Ok(Daemon { child, addr, dir })
+    }
+
+    /// Peak and current resident memory of the daemon, in KiB.
+    fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(120))
+            .build();
+        let req = agent
+            .request(method, &format!("http://{}{path}", self.addr))
+            .set("Authorization", &format!("Bearer {ADMIN}"));
+        let resp = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        }
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+        resp.into_json()
+            .map_err(|e| format!("{method} {path}: {e}"))
+    }
+}
+
+/// Shared counters of the simulated agents.
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    received: AtomicUsize,
+    latencies_ms: Mutex<Vec<i64>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The read half of a shared connection.
+struct ReadHalf(Rc<Async<TcpStream>>);
+
+impl futures_lite::io::AsyncRead for ReadHalf {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection, just enough for the protocol.
+struct Conn {
+    reader: AsyncBufReader<ReadHalf>,
+    writer: Rc<Async<TcpStream>>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = Rc::new(Async::<TcpStream>::connect(addr).await?);
+        Ok(Conn {
+            reader: AsyncBufReader::new(ReadHalf(stream.clone())),
+            writer: stream,
+        })
+    }
+
+    async fn post(
+        &mut self,
+        path: &str,
+        name: &str,
+        token: &str,
+        body: &Value,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let body = body.to_string();
+        let head = format!(
+            "POST /plugin/agent-pull/v1{path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\
+             X-Jobx-Agent: {name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut w = &*self.writer;
+        w.write_all(head.as_bytes()).await?;
+        w.write_all(body.as_bytes()).await?;
+        w.flush().await?;
+        self.read_response().await
+    }
+
+    async fn read_response(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await? == 0 {
+            return Err(bad("connection closed"));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let mut length = None;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).await? == 0 {
+                return Err(bad("connection closed in headers"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<usize>().ok();
+                } else if k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
+                    chunked = true;
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.reader.read_line(&mut line).await?;
+                let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk"))?;
+                let mut part = vec![0u8; size + 2];
+                self.reader.read_exact(&mut part).await?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&part[..size]);
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.reader.read_exact(&mut body).await?;
+        }
+        Ok((status, body))
+    }
+}
+
+/// One simulated agent: poll, accept, one output chunk, exit, poll again.
+async fn agent(addr: SocketAddr, i: usize, stats: Arc<Stats>, stop: Rc<std::cell::Cell<bool>>) {
+    let name = format!("a{i}");
+    let token = format!("tok-{i}");
+    let hello = json!({"instance": format!("bench-{i}"), "version": "bench"});
+    let mut conn = None;
+    while !stop.get() {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::open(addr).await {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    Timer::after(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        let answer = match c.post("/poll?wait_ms=50000", &name, &token, &hello).await {
+            Ok((200, body)) => serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            _ => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+                Timer::after(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let work = answer["work"].as_array().cloned().unwrap_or_default();
+        for w in work {
+            let got = now_ms();
+            if let Some(q) = w["queued_ms"].as_i64() {
+                if let Ok(mut l) = stats.latencies_ms.lock() {
+                    l.push(got - q);
+                }
+            }
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            let lease = w["lease"].clone();
+            let steps = [
+                (
+                    "/accept",
+                    json!({"lease": lease, "instance": format!("bench-{i}")}),
+                ),
+                (
+                    "/output",
+                    json!({"lease": lease, "seq": 0, "lines": [{"stream": "stdout", "text": format!("hello from {name}")}]}),
+                ),
+                (
+                    "/exit",
+                    json!({"lease": lease, "chunks": 1, "exit_code": 0}),
+                ),
+            ];
+            for (path, body) in steps {
+                match c.post(path, &name, &token, &body).await {
+                    Ok((200, _)) => {
+                        stats.requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = setrlimit(Resource::Nofile, lim);
+}
+
+fn wait_until(
+    what: &str,
+    deadline: Instant,
+    mut f: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("gave up waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn run(o: Options) -> Result<(), String> {
+    let end = Instant::now() + o.deadline;
+    raise_fd_limit();
+    let daemon = Daemon::start(&o)?;
+    let addr = daemon.addr;
+    println!(
+        "jobxd on {addr}, {} agents, batches of {}",
+        o.agents, o.batch
+    );
+
+    let names: Vec<Value> = (0..o.agents)
+        .map(|i| json!({"name": format!("a{i}")}))
+        .collect();
+    daemon.api("POST", "/node/1", Some(json!({"nodes": names})))?;
+    let batches: Vec<String> = (0..o.agents)
+        .collect::<Vec<_>>()
+        .chunks(o.batch)
+        .map(|c| {
+            c.iter()
+                .map(|i| format!("a{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    daemon.api(
+        "POST",
+        "/group/1",
+        Some(json!({"name": "all", "group_type": "list", "node": batches.join(";")})),
+    )?;
+    daemon.api(
+        "POST",
+        "/job/1",
+        Some(json!({"name": "bench", "steps": [{"plugin": "agent-pull", "script": "true"}]})),
+    )?;
+
+    // The agents run on their own thread, one executor, one task each.
+    let stats = Arc::new(Stats::default());
+    let agent_stats = stats.clone();
+    let n = o.agents;
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let agents_thread = std::thread::spawn(move || {
+        let ex = async_executor::LocalExecutor::new();
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let mut tasks = Vec::with_capacity(n);
+        async_io::block_on(ex.run(async {
+            for i in 0..n {
+                tasks.push(ex.spawn(agent(addr, i, agent_stats.clone(), stop.clone())));
+                if i % 200 == 199 {
+                    Timer::after(Duration::from_millis(20)).await;
+                }
+            }
+            // Wait for the signal to stop, without blocking the executor.
+            while stop_rx.try_recv().is_err() {
+                Timer::after(Duration::from_millis(100)).await;
+            }
+            stop.set(true);
+        }));
+    });
+
+    let t0 = Instant::now();
+    wait_until("every agent to poll", end, || {
+        let list = daemon.api("GET", "/plugin/agent-pull/agents", None)?;
+        let waiting = list["data"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| x["waiting"] == true).count());
+        Ok(waiting == o.agents)
+    })?;
+    println!(
+        "all {} agents connected and polling after {:.1} s",
+        o.agents,
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Idle: every agent holds a poll.
+    let r0 = stats.requests.load(Ordering::Relaxed);
+    let i0 = Instant::now();
+    std::thread::sleep(o.idle.min(end.saturating_duration_since(Instant::now())));
+    let idle_rps =
+        (stats.requests.load(Ordering::Relaxed) - r0) as f64 / i0.elapsed().as_secs_f64();
+    let (idle_peak, idle_rss) = daemon.rss();
+
+    // Dispatch: one step to every agent.
+    let r1 = stats.requests.load(Ordering::Relaxed);
+    let d0 = Instant::now();
+    let task = daemon.api(
+        "POST",
+        "/task/1/job/byname",
+        Some(json!({"jobname": "bench", "group": "all"})),
+    )?;
+    let uuid = task["uuid"].as_str().ok_or("no task uuid")?.to_string();
+    let mut status = String::new();
+    wait_until("the task to finish", end, || {
+        let t = daemon.api("GET", &format!("/task/1/{uuid}"), None)?;
+        status = t["data"]["status"].as_str().unwrap_or("").to_string();
+        Ok(status == "success" || status == "fail")
+    })?;
+    let dispatch = d0.elapsed().as_secs_f64();
+    let dispatch_rps = (stats.requests.load(Ordering::Relaxed) - r1) as f64 / dispatch;
+    let (peak, rss) = daemon.rss();
+    // Counted now: stopping the daemon breaks every held poll.
+    let errors = stats.errors.load(Ordering::Relaxed);
+
+    let _ = stop_tx.send(());
+    drop(daemon);
+    let _ = agents_thread.join();
+
+    let mut lat = stats
+        .latencies_ms
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    lat.sort_unstable();
+    println!("task {uuid}: {status} in {dispatch:.1} s");
+    println!(
+        "dispatch latency (queued → received), {} steps: p50 {} ms, p99 {} ms, max {} ms",
+        lat.len(),
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(0)
+    );
+    println!("requests/s: {dispatch_rps:.0} while dispatching, {idle_rps:.1} while idle");
+    println!(
+        "jobxd RSS: {:.1} MiB idle with every poll held, {:.1} MiB after dispatch, peak {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        peak.max(idle_peak) as f64 / 1024.0
+    );
+    println!("agent-side errors (reconnects, refused requests): {errors}");
+    if status != "success" || lat.len() != o.agents {
+        return Err(format!(
+            "expected {} steps to succeed, {} received, task {status}",
+            o.agents,
+            lat.len()
+        ));
+    }
+    Ok(())
+}
+
+fn main() {
+    match parse_args().and_then(run) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("jobx-bench-agent: {e}");
+            std::process::exit(1);
+        }
+    }
+}
