@@ -20,4 +20,4 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 # The end-to-end tests drive the built binaries and plugins.
 cargo build --workspace
-cargo test --workspace --all-features
+cargo test --workspace --all-features --no-fail-fast
