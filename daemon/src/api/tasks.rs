@@ -306,6 +306,8 @@ async fn step_log(req: Req) -> tide::Result {
 
 async fn step_log_inner(req: Req) -> Result<tide::Response> {
     let app = req.state().clone();
+    // Authenticate before looking anything up, so strangers learn nothing.
+    principal(&req)?;
     let slave = param(&req, "slave")?;
     if slave != app.slave {
         return Err(Error::NotFound(format!(

@@ -1,0 +1,260 @@
+//! The ssh executor through the real daemon against real OpenSSH servers on
+//! loopback addresses (the servers run on this machine, so "no process left
+//! on the node" is checked on this machine's process table).
+
+use jobx_tests::daemon::*;
+use jobx_tests::flow::*;
+use jobx_tests::sshd::SshdFleet;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A daemon whose ssh plugin uses the fleet's client key.
+fn daemon_for(fleet: &SshdFleet) -> Daemon {
+    Daemon::start(&format!(
+        "[plugins.ssh]\nidentity_file = {:?}\nuser = {:?}\nconnect_timeout = 5\n",
+        fleet.identity_file().display().to_string(),
+        fleet.user()
+    ))
+}
+
+/// Registers node `name` at server `i` of the fleet.
+fn ssh_nodes(d: &Daemon, fleet: &SshdFleet, names: &[(&str, usize)]) {
+    let list: Vec<Value> = names
+        .iter()
+        .map(|(n, i)| json!({"name": n, "host": fleet.server(*i).host(), "port": fleet.server(*i).port()}))
+        .collect();
+    d.ok_post("/node/10", json!({ "nodes": list }));
+}
+
+#[test]
+fn six_nodes_in_three_batches_with_intact_variables() {
+    let fleet = SshdFleet::start(6).expect("sshd fleet (tests/run.sh installs openssh-server)");
+    let d = daemon_for(&fleet);
+    let names = ["s1", "s2", "s3", "s4", "s5", "s6"];
+    let pairs: Vec<(&str, usize)> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    ssh_nodes(&d, &fleet, &pairs);
+    group(&d, 10, "three", "list", "s1,s2;s3,s4;s5,s6");
+    job(
+        &d,
+        10,
+        "remote",
+        json!([
+            {"name": "where", "plugin": "ssh", "script": "echo \"on $JOBX_NODE batch $JOBX_BATCH/$JOBX_BATCHES via $SSH_CONNECTION\""},
+            {"name": "vars", "plugin": "ssh", "script": "printf 'v=[%s] a1=[%s]\\n' \"$tricky\" \"$1\"", "args": "${tricky}"}
+        ]),
+    );
+    let tricky = "a b  \"c\" 'd' $HOME `id` \\e; $(echo no) *";
+    let uuid = start(&d, 10, "remote", "three", json!({"tricky": tricky}));
+    let t = wait_finished(&d, 10, &uuid, T);
+    let log = log_text(&d, &uuid);
+    assert_eq!(t["status"], "success", "{log}");
+    let subs = subtasks(&d, 10, &uuid);
+    assert_eq!(
+        subs.iter()
+            .map(|s| s["nodelist"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["s1,s2", "s3,s4", "s5,s6"]
+    );
+    for (i, n) in names.iter().enumerate() {
+        let b = i / 2 + 1;
+        // sshd reports the server address the node was reached at
+        let addr = fleet.server(i).host();
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("[{n}] on {n} batch {b}/3 via")))
+            .unwrap_or("");
+        assert!(
+            line.contains(&format!("{addr} {}", fleet.server(i).port())),
+            "{n}: {line}\n{log}"
+        );
+        assert!(
+            log.contains(&format!("[{n}] v=[{tricky}] a1=[{tricky}]")),
+            "{n}\n{log}"
+        );
+    }
+}
+
+#[test]
+fn scp_of_a_file_and_a_directory() {
+    let fleet = SshdFleet::start(1).expect("sshd");
+    let d = daemon_for(&fleet);
+    ssh_nodes(&d, &fleet, &[("s1", 0)]);
+    group(&d, 10, "one", "list", "s1");
+    let dir = TempDir::new("scp");
+    let src_file = dir.path().join("app.conf");
+    std::fs::write(&src_file, "key = value\n").expect("write");
+    let src_dir = dir.path().join("site");
+    std::fs::create_dir_all(src_dir.join("css")).expect("mkdir");
+    std::fs::write(src_dir.join("index.html"), "<h1>hi</h1>").expect("write");
+    std::fs::write(src_dir.join("css/a.css"), "body{}").expect("write");
+    let dst = dir.path().join("remote");
+    std::fs::create_dir_all(dst.join("www")).expect("mkdir");
+    std::fs::write(dst.join("www/stale.txt"), "old").expect("write");
+    job(
+        &d,
+        10,
+        "copy",
+        json!([
+            {"name": "file", "plugin": "ssh", "kind": "scp", "src": src_file.display().to_string(), "dst": format!("{}/app-${{version}}.conf", dst.display()), "chmod": "0640"},
+            {"name": "dir", "plugin": "ssh", "kind": "scp", "src": src_dir.display().to_string(), "dst": format!("{}/www", dst.display()), "delete": true}
+        ]),
+    );
+    let uuid = start(&d, 10, "copy", "one", json!({"version": "7"}));
+    let t = wait_finished(&d, 10, &uuid, T);
+    assert_eq!(t["status"], "success", "{}", log_text(&d, &uuid));
+    let copied = dst.join("app-7.conf");
+    assert_eq!(
+        std::fs::read_to_string(&copied).expect("copied file"),
+        "key = value\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&copied)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("www/index.html")).expect("dir copy"),
+        "<h1>hi</h1>"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("www/css/a.css")).expect("nested"),
+        "body{}"
+    );
+    assert!(
+        !dst.join("www/stale.txt").exists(),
+        "delete mirrors the source"
+    );
+}
+
+#[test]
+fn failing_unreachable_and_changed_host_key_nodes() {
+    let mut fleet = SshdFleet::start(2).expect("sshd");
+    let d = daemon_for(&fleet);
+    ssh_nodes(&d, &fleet, &[("ok", 0), ("bad", 1)]);
+    let (addr, port) = jobx_tests::sshd::unused_endpoint().expect("free port");
+    d.ok_post(
+        "/node/10",
+        json!({"nodes": [{"name": "gone", "host": addr.to_string(), "port": port}]}),
+    );
+    group(&d, 10, "both", "list", "ok,bad");
+    group(&d, 10, "gone", "list", "gone,ok");
+    job(
+        &d,
+        10,
+        "j",
+        json!([{"plugin": "ssh", "script": "[ \"$JOBX_NODE\" != bad ] || { echo failing on purpose; exit 4; }; echo fine"}]),
+    );
+    // a failing node makes its batch wait
+    let uuid = start(&d, 10, "j", "both", json!({}));
+    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    assert!(subs[0]["reason"].as_str().unwrap_or("").contains("bad"));
+    let log = log_text(&d, &uuid);
+    assert!(
+        log.contains("[bad] failing on purpose")
+            && log.contains("[bad] exit code 4")
+            && log.contains("[ok] fine"),
+        "{log}"
+    );
+    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
+    // nothing listening: fails fast as unreachable, without holding up the other node
+    let t0 = std::time::Instant::now();
+    let uuid = start(&d, 10, "j", "gone", json!({}));
+    wait_confirm(&d, 10, &uuid, 0, T);
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let log = log_text(&d, &uuid);
+    assert!(log.contains("[gone] failed: unreachable"), "{log}");
+    assert!(log.contains("[ok] fine"), "{log}");
+    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
+    // a changed host key fails the node with a message that says so
+    fleet.regenerate_host_key(0).expect("new host key");
+    let uuid = start(&d, 10, "j", "both", json!({}));
+    wait_confirm(&d, 10, &uuid, 0, T);
+    let log = log_text(&d, &uuid);
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("[ok] failed:"))
+        .unwrap_or("");
+    assert!(line.to_lowercase().contains("host key"), "{log}");
+}
+
+#[test]
+fn stop_and_daemon_death_leave_no_remote_process() {
+    let fleet = SshdFleet::start(2).expect("sshd");
+    let mut d = daemon_for(&fleet);
+    ssh_nodes(&d, &fleet, &[("s1", 0), ("s2", 1)]);
+    group(&d, 10, "g", "list", "s1,s2");
+    job(
+        &d,
+        10,
+        "sleepy",
+        json!([{"plugin": "ssh", "script": "bash -c \"sleep 300; : $1\"", "args": "${mark}", "timeout": 600}]),
+    );
+    let mark = marker("sshstop");
+    let uuid = start(&d, 10, "sleepy", "g", json!({"mark": mark}));
+    wait_for("remote sleeps", T, || {
+        (processes_with(&mark).len() >= 2).then_some(())
+    });
+    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
+    assert_eq!(
+        wait_finished(&d, 10, &uuid, Duration::from_secs(10))["status"],
+        "fail"
+    );
+    wait_for(
+        "remote processes gone after stop",
+        Duration::from_secs(10),
+        || processes_with(&mark).is_empty().then_some(()),
+    );
+
+    let mark = marker("sshkill");
+    let uuid = start(&d, 10, "sleepy", "g", json!({"mark": mark}));
+    wait_for("remote sleeps", T, || {
+        (processes_with(&mark).len() >= 2).then_some(())
+    });
+    d.kill9();
+    wait_for(
+        "remote processes gone after jobxd died",
+        Duration::from_secs(15),
+        || processes_with(&mark).is_empty().then_some(()),
+    );
+    d.restart();
+    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    assert_eq!(subs[0]["reason"], "interrupted by daemon restart");
+}
+
+#[test]
+fn thirty_nodes_in_one_batch_against_default_sshds() {
+    let fleet = SshdFleet::start(2).expect("sshd");
+    let d = daemon_for(&fleet);
+    let names: Vec<String> = (1..=30).map(|i| format!("m{i:02}")).collect();
+    let pairs: Vec<(&str, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i % 2))
+        .collect();
+    ssh_nodes(&d, &fleet, &pairs);
+    group(&d, 10, "all", "list", &names.join(","));
+    job(
+        &d,
+        10,
+        "hello",
+        json!([{"plugin": "ssh", "script": "echo hello from $JOBX_NODE"}, {"plugin": "ssh", "script": "echo again $JOBX_NODE"}]),
+    );
+    let uuid = start(&d, 10, "hello", "all", json!({}));
+    let t = wait_finished(&d, 10, &uuid, Duration::from_secs(120));
+    let log = log_text(&d, &uuid);
+    assert_eq!(t["status"], "success", "{log}");
+    for n in &names {
+        assert!(log.contains(&format!("[{n}] hello from {n}")), "{n}");
+        assert!(log.contains(&format!("[{n}] again {n}")), "{n}");
+    }
+}
