@@ -16,6 +16,10 @@ use crate::target::{SshOptions, Target};
 /// How long a successful check of the master is trusted without asking again.
 const TRUST_CHECK: Duration = Duration::from_secs(2);
 
+/// Connection setups at once to one address and port: sshd starts dropping
+/// unauthenticated connections at 10 by default (`MaxStartups 10:30:100`).
+pub const SETUPS_PER_ENDPOINT: usize = 8;
+
 /// Attempts when the node refuses connections: retries only cover an sshd
 /// restarting, not a node where nothing listens.
 const REFUSED_ATTEMPTS: u32 = 3;
@@ -29,6 +33,9 @@ pub struct Conn {
     /// ssh options for this data dir.
     pub opts: SshOptions,
     sessions: Arc<Semaphore>,
+    /// Setups in progress to the same address and port (shared by every
+    /// login user and data dir).
+    setups: Arc<Semaphore>,
     state: Mutex<State>,
 }
 
@@ -44,13 +51,21 @@ struct State {
 }
 
 impl Conn {
-    /// A connection that allows `max_sessions` sessions at once.
-    pub fn new(target: Target, ctl: PathBuf, opts: SshOptions, max_sessions: usize) -> Conn {
+    /// A connection that allows `max_sessions` sessions at once; `setups`
+    /// bounds connection setups to its address and port.
+    pub fn new(
+        target: Target,
+        ctl: PathBuf,
+        opts: SshOptions,
+        max_sessions: usize,
+        setups: Arc<Semaphore>,
+    ) -> Conn {
         Conn {
             target,
             ctl,
             opts,
             sessions: Arc::new(Semaphore::new(max_sessions)),
+            setups,
             state: Mutex::new(State::default()),
         }
     }
@@ -140,7 +155,8 @@ impl Conn {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let secs = remaining.as_secs_f64().ceil().max(1.0) as u64;
             let result = {
-                let _permit = connects.acquire().await;
+                let _endpoint = self.setups.acquire().await;
+                let _global = connects.acquire().await;
                 self.open_once(secs).await
             };
             let failure = match result {

@@ -39,7 +39,7 @@ use jobx_plugin_api::{
 };
 
 use crate::config::Config;
-use crate::conn::{ensure_private_dir, Conn};
+use crate::conn::{ensure_private_dir, Conn, SETUPS_PER_ENDPOINT};
 use crate::run::Plan;
 use crate::runtime::{Runtime, Stop};
 use crate::target::{control_path, generated_config, SshOptions, Target};
@@ -51,6 +51,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An sshd: address and port.
+type Endpoint = (String, Option<u16>);
+
 /// State shared by all runs.
 pub struct Inner {
     cfg: Config,
@@ -59,6 +62,8 @@ pub struct Inner {
     connects: Semaphore,
     /// Connections by control socket path.
     conns: Mutex<HashMap<PathBuf, Arc<Conn>>>,
+    /// Setup slots by (address, port).
+    endpoints: Mutex<HashMap<Endpoint, Arc<Semaphore>>>,
     /// Cancel senders of the runs in progress.
     runs: Mutex<HashMap<u64, async_channel::Sender<()>>>,
     /// Generated ssh config files already written.
@@ -93,11 +98,16 @@ impl Inner {
             None => None,
         };
         let opts = SshOptions::new(&self.cfg, data_dir, config_file);
+        let setups = lock(&self.endpoints)
+            .entry((target.host.clone(), target.port))
+            .or_insert_with(|| Arc::new(Semaphore::new(SETUPS_PER_ENDPOINT)))
+            .clone();
         let conn = Arc::new(Conn::new(
             target.clone(),
             ctl.clone(),
             opts,
             self.cfg.max_sessions_per_node,
+            setups,
         ));
         Ok(lock(&self.conns).entry(ctl).or_insert(conn).clone())
     }
@@ -173,6 +183,7 @@ impl Executor for SshExecutor {
                 rt: Runtime::start(THREADS)?,
                 connects,
                 conns: Mutex::new(HashMap::new()),
+                endpoints: Mutex::new(HashMap::new()),
                 runs: Mutex::new(HashMap::new()),
                 written: Mutex::new(HashSet::new()),
             }),

@@ -93,6 +93,9 @@ const WATCHDOG: &str = concat!(
 );
 
 /// The preamble of a command step; the script follows it on stdin.
+///
+/// `wait` runs with stderr discarded: dash reports a waited job killed by a
+/// signal ("Terminated") on it, which is not the step's output.
 pub fn command_preamble(
     env: &BTreeMap<String, String>,
     interpreter: &str,
@@ -128,7 +131,7 @@ pub fn command_preamble(
          setsid sh -c {watchdog} jobx-watchdog \"$JOBX__s\" \"$JOBX__d\" {KILL_GRACE_SECS} <&3 >/dev/null 2>&1 &\n\
          JOBX__w=$!\n\
          exec 3<&-\n\
-         wait \"$JOBX__s\"; JOBX__r=$?\n\
+         wait \"$JOBX__s\" 2>/dev/null; JOBX__r=$?\n\
          if [ ! -e \"$JOBX__d/stop\" ]; then kill -KILL -\"$JOBX__s\" -\"$JOBX__w\" 2>/dev/null; fi\n\
          rm -rf \"$JOBX__d\"\n\
          exit \"$JOBX__r\"\n",
