@@ -129,7 +129,13 @@ impl Ctx {
         Hello {
             instance: self.instance.clone(),
             version: VERSION.to_string(),
-            running: lock(&self.steps).keys().cloned().collect(),
+            // Work being dropped is not reported as running: the daemon
+            // already refused it, and listing it would only repeat that.
+            running: lock(&self.steps)
+                .iter()
+                .filter(|(_, c)| !matches!(c.stopped(), Some(Stop::Stale | Stop::Orphan)))
+                .map(|(lease, _)| lease.clone())
+                .collect(),
         }
     }
 

@@ -137,6 +137,8 @@ struct Agent {
     instance: String,
     /// Runs waiting to be handed out, oldest first.
     queue: VecDeque<RunId>,
+    /// Runs offered to or running on this agent.
+    active: Vec<RunId>,
     held: Option<Held>,
 }
 
@@ -229,6 +231,7 @@ impl Hub {
                         version: String::new(),
                         instance: String::new(),
                         queue: VecDeque::new(),
+                        active: Vec::new(),
                         held: None,
                     },
                 )
@@ -358,6 +361,11 @@ impl Hub {
                 st.leases.remove(&rn.lease);
             }
         }
+        if !matches!(r.phase, Phase::Queued) {
+            if let Some(a) = st.agents.get_mut(&r.agent) {
+                a.active.retain(|q| *q != run);
+            }
+        }
         Some(r)
     }
 
@@ -405,12 +413,11 @@ impl Hub {
         if !restarted {
             return;
         }
-        let mine: Vec<RunId> = st
-            .runs
-            .iter()
-            .filter(|(_, r)| r.agent == name && !matches!(r.phase, Phase::Queued))
-            .map(|(id, _)| *id)
-            .collect();
+        let mine = st
+            .agents
+            .get(name)
+            .map(|a| a.active.clone())
+            .unwrap_or_default();
         for id in mine {
             let running = matches!(st.runs.get(&id).map(|r| &r.phase), Some(Phase::Running(_)));
             if running {
@@ -443,6 +450,7 @@ impl Hub {
         let agent = r.agent.clone();
         let queued = r.queued;
         if let Some(a) = st.agents.get_mut(&agent) {
+            a.active.retain(|q| *q != id);
             // Keep the queue in start order.
             let pos = a
                 .queue
@@ -491,6 +499,9 @@ impl Hub {
             work.lease = lease.clone();
             answer.work.push(work);
             st.leases.insert(lease, id);
+            if let Some(a) = st.agents.get_mut(name) {
+                a.active.push(id);
+            }
         }
         if !answer.work.is_empty() {
             self.schedule(st, now + self.settings.offer_timeout);
@@ -502,7 +513,15 @@ impl Hub {
     /// no poll answer carried yet (and marks them carried).
     fn stops(st: &mut State, name: &str, fresh: bool) -> Vec<String> {
         let mut out = Vec::new();
-        for r in st.runs.values_mut().filter(|r| r.agent == name) {
+        let active = st
+            .agents
+            .get(name)
+            .map(|a| a.active.clone())
+            .unwrap_or_default();
+        for id in active {
+            let Some(r) = st.runs.get_mut(&id) else {
+                continue;
+            };
             if let Phase::Running(rn) = &mut r.phase {
                 if let Some((_, _, sent)) = &mut rn.stop {
                     if !fresh || !*sent {
@@ -539,6 +558,44 @@ impl Hub {
             .collect()
     }
 
+    /// Fails this agent's running steps that it no longer lists as running
+    /// (an accept whose answer it never saw, a step it dropped), once they
+    /// are old enough that the list cannot predate them.
+    fn reconcile(
+        &self,
+        st: &mut State,
+        name: &str,
+        running: &[String],
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let active = st
+            .agents
+            .get(name)
+            .map(|a| a.active.clone())
+            .unwrap_or_default();
+        for id in active {
+            let gone = match st.runs.get(&id).map(|r| &r.phase) {
+                Some(Phase::Running(rn)) => {
+                    rn.accepted + self.settings.offer_timeout <= now
+                        && !running.iter().any(|l| *l == rn.lease)
+                }
+                _ => false,
+            };
+            if gone {
+                if let Some(r) = self.remove(st, id) {
+                    let result = match &r.phase {
+                        Phase::Running(rn) if rn.stop.is_some() => {
+                            rn.stop.map(|s| s.0.result()).unwrap_or_default()
+                        }
+                        _ => StepResult::failed("agent lost: the agent no longer runs the step"),
+                    };
+                    fx.done(r.out, result);
+                }
+            }
+        }
+    }
+
     /// `POST /v1/poll`: answered now if there is something to say, else held.
     pub fn poll(&self, name: &str, hello: Hello, wait: Option<Duration>, respond: Responder) {
         let now = Instant::now();
@@ -546,6 +603,7 @@ impl Hub {
         {
             let mut st = lock(&self.state);
             self.touch(&mut st, name, Some(&hello), now, &mut fx);
+            self.reconcile(&mut st, name, &hello.running, now, &mut fx);
             // A newer poll replaces a held one (its connection is likely gone).
             if let Some(old) = st.agents.get_mut(name).and_then(|a| a.held.take()) {
                 fx.respond(old.respond, json(200, &self.answer()));
@@ -580,6 +638,7 @@ impl Hub {
         let answer = {
             let mut st = lock(&self.state);
             self.touch(&mut st, name, Some(&hello), now, &mut fx);
+            self.reconcile(&mut st, name, &hello.running, now, &mut fx);
             let mut answer = self.answer();
             answer.cancel = Self::stops(&mut st, name, false);
             answer.stale = Self::stale(&st, name, &hello.running);
@@ -787,8 +846,8 @@ impl Hub {
         for name in names {
             let a = &st.agents[name];
             let mut running = Vec::new();
-            let mut queued = 0;
-            for r in st.runs.values().filter(|r| &r.agent == name) {
+            let mut queued = a.queue.len();
+            for r in a.active.iter().filter_map(|id| st.runs.get(id)) {
                 match &r.phase {
                     Phase::Running(rn) => running.push(serde_json::json!({
                         "task": r.work.task,

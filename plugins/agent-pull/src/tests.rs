@@ -409,3 +409,37 @@ fn the_agent_list_needs_a_global_role() {
     assert_eq!(v["data"][1]["name"], "a2");
     assert_eq!(v["data"][1]["last_contact"], Value::Null);
 }
+
+#[test]
+fn a_running_step_the_agent_does_not_list_fails_after_a_grace() {
+    let fx = Fx::new(json!({}));
+    let sink = fx.start("a1", 1);
+    let lease = fx.take("a1", "i1").remove(0);
+    fx.call("a1", "/v1/accept", json!({"lease": lease}));
+    // Right after the accept an older list may still lack it: no harm done.
+    fx.call(
+        "a1",
+        "/v1/heartbeat",
+        json!({"instance": "i1", "running": []}),
+    );
+    assert_eq!(sink.result(), None);
+    fx.call(
+        "a1",
+        "/v1/heartbeat",
+        json!({"instance": "i1", "running": [lease]}),
+    );
+    assert_eq!(sink.result(), None);
+    // The accept's answer was lost, say: the agent never ran it.
+    std::thread::sleep(Duration::from_millis(2100));
+    fx.call(
+        "a1",
+        "/v1/heartbeat",
+        json!({"instance": "i1", "running": []}),
+    );
+    assert_eq!(
+        sink.result(),
+        Some(StepResult::failed(
+            "agent lost: the agent no longer runs the step"
+        ))
+    );
+}
