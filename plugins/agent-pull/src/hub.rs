@@ -578,7 +578,7 @@ impl Hub {
             let gone = match st.runs.get(&id).map(|r| &r.phase) {
                 Some(Phase::Running(rn)) => {
                     rn.accepted + self.settings.offer_timeout <= now
-                        && !running.iter().any(|l| *l == rn.lease)
+                        && !running.contains(&rn.lease)
                 }
                 _ => false,
             };
