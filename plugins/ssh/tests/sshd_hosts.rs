@@ -268,6 +268,60 @@ fn variables_and_arguments_with_spaces_quotes_and_dollars_arrive_intact() {
     assert_eq!(sink.stream(Stream::Stdout), ["it's \"quoted\" x y"]);
 }
 
+#[test]
+fn large_scripts_and_values_arrive_whole() {
+    let fleet = SshdFleet::start(1).expect("sshd fleet");
+    let set = load_for(&fleet, json!({}));
+    let mut script = "# padding to make the script large\n".repeat(10_000);
+    script.push_str("printf '%s' \"$big\" | wc -c\nprintf '%s' \"$1\" | wc -c\n");
+    let big = "x$'\" ".repeat(20_000);
+    let mut req = request(
+        &fleet,
+        0,
+        StepKind::Cmd {
+            script,
+            interpreter: "sh".into(),
+            args: vec![big.clone()],
+        },
+    );
+    req.env.insert("big".into(), big);
+    let (result, sink) = run(&set, &req);
+    assert!(result.is_success(), "{result:?} {:?}", sink.all());
+    let counts: Vec<String> = sink
+        .stream(Stream::Stdout)
+        .iter()
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(counts, ["100000", "100000"]);
+}
+
+#[test]
+fn an_extra_ssh_config_file_is_read_first() {
+    let fleet = SshdFleet::start(1).expect("sshd fleet");
+    let s = fleet.server(0);
+    let extra = fleet.dir().join("extra ssh config");
+    std::fs::write(
+        &extra,
+        format!(
+            "Host web-alias\n  HostName {}\n  Port {}\n  User {}\n",
+            s.host(),
+            s.port(),
+            fleet.user()
+        ),
+    )
+    .expect("write");
+    let set = load(json!({
+        "identity_file": fleet.identity_file(),
+        "ssh_config": extra,
+    }));
+    let mut req = request(&fleet, 0, cmd("echo via alias"));
+    req.node.host = "web-alias".into();
+    req.node.port = None;
+    let (result, sink) = run(&set, &req);
+    assert!(result.is_success(), "{result:?} {:?}", sink.all());
+    assert_eq!(sink.stream(Stream::Stdout), ["via alias"]);
+}
+
 fn write_tree(root: &Path) {
     std::fs::create_dir_all(root.join("sub/deeper")).expect("mkdir");
     std::fs::write(root.join("a.txt"), "alpha\n").expect("write");
