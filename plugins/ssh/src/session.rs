@@ -199,18 +199,18 @@ pub async fn run(
                             "the node did not confirm the stop in time; closing the connection",
                         );
                         kill(&mut child, false);
+                        drain(pumps.as_mut()).await;
                     }
                 }
-                Mode::Helper => kill(&mut child, false),
-                Mode::Copy => kill(&mut child, true),
+                Mode::Helper => {
+                    kill(&mut child, false);
+                    drain(pumps.as_mut()).await;
+                }
+                Mode::Copy => {
+                    kill(&mut child, true);
+                    drain(pumps.as_mut()).await;
+                }
             }
-            // Something the killed process started may still hold its
-            // pipes: do not wait for it for long.
-            future::or(pumps.as_mut(), async {
-                async_io::Timer::after(Duration::from_secs(3)).await;
-                ((), ())
-            })
-            .await;
         }
         stopped
     };
@@ -240,6 +240,16 @@ pub async fn run(
         stdout: shared.stdout,
         stopped,
     })
+}
+
+/// Reads what a killed process left in its pipes. Something it started
+/// may still hold them open: do not wait for that for long.
+async fn drain(pumps: impl std::future::Future<Output = ((), ())>) {
+    future::or(pumps, async {
+        async_io::Timer::after(Duration::from_secs(3)).await;
+        ((), ())
+    })
+    .await;
 }
 
 fn lock<'m, 'a>(m: &'m Mutex<Shared<'a>>) -> std::sync::MutexGuard<'m, Shared<'a>> {
