@@ -180,6 +180,30 @@ struct Stats {
     errors: AtomicU64,
     received: AtomicUsize,
     latencies_ms: Mutex<Vec<i64>>,
+    /// Failed requests by what failed, e.g. `/poll: connection closed`.
+    failures: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    fn fail(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.failures.lock() {
+            *f.entry(what).or_default() += 1;
+        }
+    }
+}
+
+fn describe(r: &std::io::Result<(u16, Vec<u8>)>) -> String {
+    match r {
+        Ok((status, body)) => format!(
+            "HTTP {status} {}",
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(80)
+                .collect::<String>()
+        ),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -299,8 +323,8 @@ async fn agent(addr: SocketAddr, i: usize, stats: Arc<Stats>, stop: Rc<std::cell
             Some(c) => c,
             None => match Conn::open(addr).await {
                 Ok(c) => conn.insert(c),
-                Err(_) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    stats.fail(format!("connect: {e}"));
                     Timer::after(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -308,8 +332,8 @@ async fn agent(addr: SocketAddr, i: usize, stats: Arc<Stats>, stop: Rc<std::cell
         };
         let answer = match c.post("/poll?wait_ms=50000", &name, &token, &hello).await {
             Ok((200, body)) => serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-            _ => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+            other => {
+                stats.fail(format!("/poll: {}", describe(&other)));
                 conn = None;
                 Timer::after(Duration::from_millis(500)).await;
                 continue;
@@ -345,8 +369,8 @@ async fn agent(addr: SocketAddr, i: usize, stats: Arc<Stats>, stop: Rc<std::cell
                     Ok((200, _)) => {
                         stats.requests.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                    other => {
+                        stats.fail(format!("{path}: {}", describe(&other)));
                         break;
                     }
                 }
@@ -487,6 +511,7 @@ fn run(o: Options) -> Result<(), String> {
     let (peak, rss) = daemon.rss();
     // Counted now: stopping the daemon breaks every held poll.
     let errors = stats.errors.load(Ordering::Relaxed);
+    let failures = stats.failures.lock().map(|f| f.clone()).unwrap_or_default();
 
     let _ = stop_tx.send(());
     drop(daemon);
@@ -514,6 +539,9 @@ fn run(o: Options) -> Result<(), String> {
         peak.max(idle_peak) as f64 / 1024.0
     );
     println!("agent-side errors (reconnects, refused requests): {errors}");
+    for (what, n) in failures {
+        println!("  {n} × {what}");
+    }
     if status != "success" || lat.len() != o.agents {
         return Err(format!(
             "expected {} steps to succeed, {} received, task {status}",
