@@ -266,9 +266,21 @@ impl Hub {
 
     // ---- the executor side -------------------------------------------
 
+    /// How long a step may wait for its agent to take it: `connect_timeout`,
+    /// but never longer than the step's own time limit.
+    fn take_within(&self, timeout_secs: u64) -> Duration {
+        let c = self.settings.connect_timeout;
+        if timeout_secs > 0 {
+            c.min(Duration::from_secs(timeout_secs))
+        } else {
+            c
+        }
+    }
+
     /// Queues a step for the agent named like its node.
     pub fn start(&self, run: RunId, step: StepRequest, out: Reporter) -> Result<(), String> {
         let name = step.node.name.clone();
+        let timeout_secs = step.timeout_secs;
         let src = match &step.kind {
             jobx_plugin_api::StepKind::Scp { src, .. } => Some(PathBuf::from(src)),
             _ => None,
@@ -310,7 +322,8 @@ impl Hub {
                 },
             );
             self.hand_out(&mut st, &name, now, &mut fx);
-            self.schedule(&mut st, now + self.settings.connect_timeout);
+            let wait = self.take_within(timeout_secs);
+            self.schedule(&mut st, now + wait);
         }
         fx.run();
         Ok(())
@@ -577,8 +590,7 @@ impl Hub {
         for id in active {
             let gone = match st.runs.get(&id).map(|r| &r.phase) {
                 Some(Phase::Running(rn)) => {
-                    rn.accepted + self.settings.offer_timeout <= now
-                        && !running.contains(&rn.lease)
+                    rn.accepted + self.settings.offer_timeout <= now && !running.contains(&rn.lease)
                 }
                 _ => false,
             };
@@ -925,7 +937,8 @@ impl Hub {
             let contact = agent.and_then(|a| a.contact.map(|c| c.0));
             match &r.phase {
                 Phase::Queued | Phase::Offered { .. } => {
-                    let deadline = r.queued + s.connect_timeout;
+                    let wait = self.take_within(r.work.timeout_secs);
+                    let deadline = r.queued + wait;
                     if deadline <= now {
                         let live = agent.is_some_and(|a| a.held.is_some())
                             || contact.is_some_and(|c| now.duration_since(c) < s.lost_after);
@@ -933,13 +946,13 @@ impl Hub {
                             format!(
                                 "agent {} did not take the step within {} s",
                                 r.agent,
-                                secs(s.connect_timeout)
+                                secs(wait)
                             )
                         } else {
                             format!(
                                 "agent {} is not connected (waited {} s)",
                                 r.agent,
-                                secs(s.connect_timeout)
+                                secs(wait)
                             )
                         };
                         acts.push((*id, Act::Fail(msg)));

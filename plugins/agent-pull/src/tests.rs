@@ -443,3 +443,27 @@ fn a_running_step_the_agent_does_not_list_fails_after_a_grace() {
         ))
     );
 }
+
+#[test]
+fn a_short_step_timeout_bounds_the_wait_for_its_agent() {
+    let fx = Fx::new(json!({}));
+    let sink = Arc::new(Sink::default());
+    let step = StepRequest {
+        node: Node {
+            name: "a2".into(),
+            ..Node::default()
+        },
+        timeout_secs: 2,
+        ..StepRequest::default()
+    };
+    fx.hub
+        .start(RunId(1), step, Reporter::from_sink(sink.clone()))
+        .unwrap();
+    fx.hub.reap(Instant::now() + Duration::from_millis(1900));
+    assert_eq!(sink.result(), None);
+    fx.hub.reap(Instant::now() + Duration::from_millis(2100));
+    assert_eq!(
+        sink.result().unwrap().error.unwrap(),
+        "agent a2 is not connected (waited 2 s)"
+    );
+}
