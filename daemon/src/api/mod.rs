@@ -138,30 +138,16 @@ pub fn query(req: &Req) -> Result<BTreeMap<String, String>> {
         .map_err(|e| Error::Bad(format!("query string: {e}")))
 }
 
-/// Reads the request body (capped at `server.max_body_bytes`) as a JSON
+/// Reads the request body (already read and capped by `ReadBody`) as a JSON
 /// object; flat form bodies become an object of strings.
 pub async fn body(req: &mut Req) -> Result<Map<String, Value>> {
-    let max = req.state().config.server.max_body_bytes;
-    if req.len().is_some_and(|n| n > max) {
-        return Err(Error::TooLarge(format!(
-            "request body larger than {max} bytes"
-        )));
-    }
     let is_form = req
         .content_type()
         .is_some_and(|m| m.essence() == "application/x-www-form-urlencoded");
-    let mut buf = Vec::new();
-    let reader = req.take_body().into_reader();
-    reader
-        .take(max as u64 + 1)
-        .read_to_end(&mut buf)
+    let buf = req
+        .body_bytes()
         .await
         .map_err(|e| Error::Bad(format!("reading body: {e}")))?;
-    if buf.len() > max {
-        return Err(Error::TooLarge(format!(
-            "request body larger than {max} bytes"
-        )));
-    }
     if buf.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }

@@ -1,5 +1,5 @@
 //! `/plugin/<type>/…`: requests handed to an executor plugin's `http` hook.
-//! The host reads the body (capped) and, when the request carries a valid
+//! The host hands over the body (read and capped by `ReadBody`) and, when the request carries a valid
 //! jobx token, passes the token's name and roles; the plugin decides what
 //! needs which (agents bring their own tokens).
 
@@ -46,24 +46,11 @@ async fn forward(req: &mut Req) -> Result<tide::Response> {
             )
         })
         .collect();
-    let max = app.config.server.max_body_bytes;
-    if req.len().is_some_and(|n| n > max) {
-        return Err(Error::TooLarge(format!(
-            "request body larger than {max} bytes"
-        )));
-    }
-    let mut body = Vec::new();
-    req.take_body()
-        .into_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
+    // Already read and capped by the ReadBody middleware.
+    let body = req
+        .body_bytes()
         .await
         .map_err(|e| Error::Bad(format!("reading body: {e}")))?;
-    if body.len() > max {
-        return Err(Error::TooLarge(format!(
-            "request body larger than {max} bytes"
-        )));
-    }
     let hreq = HttpRequest {
         method: req.method().to_string(),
         path,

@@ -35,6 +35,22 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// The batches of a task in order, from either kind of transaction.
+fn subtasks_of(
+    idx: &impl ReadableTable<(&'static str, u32), &'static str>,
+    subs: &impl ReadableTable<&'static str, &'static [u8]>,
+    task: &str,
+) -> Result<Vec<Subtask>> {
+    let mut out = Vec::new();
+    for row in idx.range((task, 0)..=(task, u32::MAX))? {
+        let (_, uuid) = row?;
+        if let Some(v) = subs.get(uuid.value())? {
+            out.push(from_json(v.value())?);
+        }
+    }
+    Ok(out)
+}
+
 /// A write transaction over tasks: read-modify-write of several rows that
 /// commit together (or not at all).
 pub struct Tx<'a>(&'a WriteTransaction);
@@ -88,14 +104,7 @@ impl Tx<'_> {
     pub fn subtasks(&self, task: &str) -> Result<Vec<Subtask>> {
         let idx = self.0.open_table(SUBTASK_INDEX)?;
         let subs = self.0.open_table(SUBTASKS)?;
-        let mut out = Vec::new();
-        for row in idx.range((task, 0)..=(task, u32::MAX))? {
-            let (_, uuid) = row?;
-            if let Some(v) = subs.get(uuid.value())? {
-                out.push(from_json(v.value())?);
-            }
-        }
-        Ok(out)
+        subtasks_of(&idx, &subs, task)
     }
 
     pub fn approval(&self, uuid: &str) -> Result<Option<Approval>> {
@@ -188,22 +197,11 @@ impl Store {
     }
 
     pub fn subtasks(&self, task: &str) -> Result<Vec<Subtask>> {
-        self.tx_read(|tx| {
+        self.read(|tx| {
             let idx = tx.open_table(SUBTASK_INDEX)?;
             let subs = tx.open_table(SUBTASKS)?;
-            let mut out = Vec::new();
-            for row in idx.range((task, 0)..=(task, u32::MAX))? {
-                let (_, uuid) = row?;
-                if let Some(v) = subs.get(uuid.value())? {
-                    out.push(from_json(v.value())?);
-                }
-            }
-            Ok(out)
+            subtasks_of(&idx, &subs, task)
         })
-    }
-
-    fn tx_read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
-        self.read(f)
     }
 
     pub fn subtask(&self, uuid: &str) -> Result<Option<Subtask>> {
