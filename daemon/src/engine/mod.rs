@@ -290,7 +290,9 @@ impl Engine {
             lock(&me.wakers).remove(&uuid);
             lock(&me.runs).remove(&uuid);
             lock(&me.stopping).remove(&uuid);
-            me.logs.forget_task(&uuid);
+            // Forgetting flushes first: keep that wait off the async threads.
+            let logs = me.logs.clone();
+            blocking::unblock(move || logs.forget_task(&uuid)).await;
         });
     }
 
