@@ -158,6 +158,48 @@ impl Tokens {
     }
 }
 
+/// Decodes HTTP Basic credentials (`base64(name:token)`).
+pub fn basic_credentials(b64: &str) -> Option<(String, String)> {
+    let raw = decode_base64(b64)?;
+    let text = String::from_utf8(raw).ok()?;
+    let (name, token) = text.split_once(':')?;
+    Some((name.to_string(), token.to_string()))
+}
+
+/// Standard base64 with padding (RFC 4648), strict: None on anything else.
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() % 4 != 0 || bytes.len() > 16 * 1024 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = i + 1 == bytes.len() / 4;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | val(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..4 - pad]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +247,23 @@ mod tests {
         assert!(t.check("hello-token2").is_none());
         assert!(t.check_named("h", "hello-token").is_some());
         assert!(t.check_named("x", "hello-token").is_none());
+    }
+
+    #[test]
+    fn basic_auth() {
+        // base64("reader:tok:en") — the token may contain ':'
+        assert_eq!(
+            basic_credentials("cmVhZGVyOnRvazplbg=="),
+            Some(("reader".to_string(), "tok:en".to_string()))
+        );
+        assert_eq!(
+            basic_credentials("YWI6Yw=="),
+            Some(("ab".into(), "c".into()))
+        );
+        assert_eq!(basic_credentials("YTpi"), Some(("a".into(), "b".into())));
+        assert_eq!(basic_credentials("not base64!"), None);
+        assert_eq!(basic_credentials("YQ=="), None, "no colon");
+        assert_eq!(basic_credentials("Y==="), None);
     }
 
     #[test]

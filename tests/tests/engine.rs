@@ -559,7 +559,35 @@ fn html_page_escapes_and_colours() {
     assert!(
         page.contains("<span style=\"color:#e55\">red</span>"),
         "{page}"
-    );
+    ); // A browser without credentials is asked for them; Basic (token name, token) works.
+    match ureq::get(&format!("{}/slave/test-slave/log/{uuid}", d.base))
+        .set("Accept", "text/html")
+        .call()
+    {
+        Err(ureq::Error::Status(401, r)) => {
+            assert!(
+                r.header("www-authenticate")
+                    .unwrap_or("")
+                    .starts_with("Basic"),
+                "{:?}",
+                r.header("www-authenticate")
+            );
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // base64("reader:reader-secret-0001")
+    let basic = "Basic cmVhZGVyOnJlYWRlci1zZWNyZXQtMDAwMQ==";
+    let r = ureq::get(&format!(
+        "{}/slave/test-slave/log/{uuid}?format=sse",
+        d.base
+    ))
+    .set("Authorization", basic)
+    .call();
+    assert_eq!(r.map(|r| r.status()).unwrap_or(0), 200);
+    let r = ureq::get(&format!("{}/group/10", d.base))
+        .set("Authorization", "Basic YWRtaW46d3Jvbmc=")
+        .call();
+    assert!(matches!(r, Err(ureq::Error::Status(401, _))));
 }
 
 #[test]

@@ -72,6 +72,18 @@ pub fn principal(req: &Req) -> Result<Principal> {
     let tokens = req.state().tokens();
     if let Some(auth) = req.header("authorization") {
         let v = auth.last().as_str();
+        // Browsers (the live log page) authenticate with Basic: token name as
+        // user, token as password; they resend it on the page's SSE request.
+        if let Some(b64) = v
+            .strip_prefix("Basic ")
+            .or_else(|| v.strip_prefix("basic "))
+        {
+            let (name, token) = crate::auth::basic_credentials(b64.trim())
+                .ok_or_else(|| Error::Unauthorized("malformed Basic credentials".into()))?;
+            return tokens
+                .check_named(&name, &token)
+                .ok_or_else(|| Error::Unauthorized("unknown token name or token".into()));
+        }
         let token = v
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))

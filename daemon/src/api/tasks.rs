@@ -298,9 +298,23 @@ fn record_line(r: &crate::model::LogRecord) -> String {
 }
 
 async fn step_log(req: Req) -> tide::Result {
+    let browser = req
+        .header("accept")
+        .is_some_and(|a| a.last().as_str().contains("text/html"));
     Ok(match step_log_inner(req).await {
         Ok(r) => r,
-        Err(e) => render(Err(e)),
+        Err(e) => {
+            let unauthorized = matches!(e, Error::Unauthorized(_));
+            let mut r = render(Err(e));
+            if unauthorized && browser {
+                // Lets a browser ask for the token name and token.
+                r.insert_header(
+                    "www-authenticate",
+                    "Basic realm=\"jobx\", charset=\"UTF-8\"",
+                );
+            }
+            r
+        }
     })
 }
 
