@@ -9,6 +9,7 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v rsync >/dev/null || need+=(rsync)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v faketime >/dev/null || need+=(faketime)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -435,6 +435,13 @@ async fn run_step(
     }
     let failed = Arc::new(Mutex::new(Vec::new()));
     let mut joins = Vec::with_capacity(nodes.len());
+    // One shared copy for every node: a task holds its whole node snapshot,
+    // and a copy per node would cost memory and time quadratic in batch size.
+    let (task, sub, step) = (
+        Arc::new(task.clone()),
+        Arc::new(sub.clone()),
+        Arc::new(step.clone()),
+    );
     for node in nodes {
         let (e, task, sub, step, keys) = (
             e.clone(),
