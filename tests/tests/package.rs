@@ -318,3 +318,69 @@ fn debian_package_runs_with_its_own_config_and_plugins() {
     };
     assert!(status.success(), "{status:?}\n{}", daemon.log());
 }
+
+/// The packaged configuration with every commented example switched on.
+fn uncommented_examples(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let example = line.strip_prefix("# ").filter(|rest| {
+            rest.starts_with('[')
+                || rest.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+        });
+        out.push_str(example.unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn every_example_in_the_packaged_config_is_accepted() {
+    let text = std::fs::read_to_string(workspace().join("packaging/jobxd.toml"))
+        .expect("packaging/jobxd.toml");
+    let tmp = TempDir::new("pkgconf");
+    let key = tmp.path().join("id_ed25519");
+    let ssh_config = tmp.path().join("ssh_config");
+    std::fs::write(&key, "").expect("key file");
+    std::fs::write(&ssh_config, "").expect("ssh config");
+    let full = uncommented_examples(&text)
+        .replace(
+            PLUGIN_DIR_LINE,
+            &format!("dir = [{:?}]", bin_dir().display().to_string()),
+        )
+        .replace(
+            "\"/var/lib/jobx/.ssh/id_ed25519\"",
+            &format!("{:?}", key.display().to_string()),
+        )
+        .replace(
+            "\"/etc/jobx/ssh_config\"",
+            &format!("{:?}", ssh_config.display().to_string()),
+        )
+        .replace("<hex sha256 of its token>", &"a".repeat(64));
+    for key in [
+        "retention_days",
+        "[plugins.ssh]",
+        "identity_file",
+        "[plugins.agent-pull]",
+        "heartbeat",
+        "[[auth.tokens]]",
+    ] {
+        assert!(
+            full.lines().any(|l| l.starts_with(key)),
+            "{key} is an example in jobxd.toml"
+        );
+    }
+    let config = tmp.path().join("jobxd.toml");
+    std::fs::write(&config, &full).expect("write config");
+    // Plugins check their own tables when they load, so start the daemon.
+    let (daemon, addr) = start(&bin_dir().join("jobxd"), &config, &tmp.path().join("data"));
+    assert_eq!(get(&addr, "/mon", None), (200, "ok".to_string()));
+    let log = daemon.log();
+    for ty in ["local", "ssh", "agent-pull"] {
+        assert!(log.contains(&format!("plugin {ty} loaded")), "{log}");
+    }
+    assert!(log.contains("(slave \"ops-1\")"), "{log}");
+}
