@@ -17,6 +17,9 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
+# The package test builds the .deb with cargo-deb.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 # The end-to-end tests drive the built binaries and plugins.

@@ -23,18 +23,10 @@ use redb::{
 };
 use std::ops::Bound;
 
-// The task tables as defined in `tasks.rs`; redb refuses to open a table
-// under different key or value types, so a drift shows up as an error.
-const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
-const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
-const TASK_TIME: TableDefinition<(u64, i64, u64), &str> = TableDefinition::new("task_time");
-const ACTIVE: TableDefinition<&str, ()> = TableDefinition::new("active_tasks");
-const SUBTASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("subtasks");
-const SUBTASK_INDEX: TableDefinition<(&str, u32), &str> = TableDefinition::new("subtask_index");
-const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
-const APPROVAL_PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("approval_pending");
-const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
-const STATUS_COUNT: TableDefinition<&str, u64> = TableDefinition::new("task_status_count");
+use super::tasks::{
+    ACTIVE, APPROVALS, APPROVAL_PENDING, LOGS, STATUS_COUNT, SUBTASKS, SUBTASK_INDEX, TASKS,
+    TASK_INDEX, TASK_TIME,
+};
 
 /// Cursors of the upkeep work.
 const MAINT: TableDefinition<&str, u64> = TableDefinition::new("maintenance");

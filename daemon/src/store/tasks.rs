@@ -8,18 +8,22 @@
 use super::*;
 use crate::model::{Approval, LogRecord, Subtask, Task};
 
-const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
-const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
-const TASK_TIME: TableDefinition<(u64, i64, u64), &str> = TableDefinition::new("task_time");
-const ACTIVE: TableDefinition<&str, ()> = TableDefinition::new("active_tasks");
-const SUBTASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("subtasks");
-const SUBTASK_INDEX: TableDefinition<(&str, u32), &str> = TableDefinition::new("subtask_index");
-const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
-const APPROVAL_PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("approval_pending");
+pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+pub(super) const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
+pub(super) const TASK_TIME: TableDefinition<(u64, i64, u64), &str> =
+    TableDefinition::new("task_time");
+pub(super) const ACTIVE: TableDefinition<&str, ()> = TableDefinition::new("active_tasks");
+pub(super) const SUBTASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("subtasks");
+pub(super) const SUBTASK_INDEX: TableDefinition<(&str, u32), &str> =
+    TableDefinition::new("subtask_index");
+pub(super) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+pub(super) const APPROVAL_PENDING: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("approval_pending");
 /// (log key, seq) → LogRecord JSON.
-const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+pub(super) const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 /// status → number of tasks in it (for metrics without a scan).
-const STATUS_COUNT: TableDefinition<&str, u64> = TableDefinition::new("task_status_count");
+pub(super) const STATUS_COUNT: TableDefinition<&str, u64> =
+    TableDefinition::new("task_status_count");
 
 pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(TASKS)?;
