@@ -831,3 +831,34 @@ fn a_bad_library_in_the_plugin_dir_is_refused_with_its_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&junk.display().to_string()), "{err}");
 }
+
+#[test]
+fn long_logs_come_out_whole_and_in_order() {
+    let d = Daemon::start("");
+    six(&d);
+    group(&d, 10, "g", "list", "n1,n2,n3");
+    job(
+        &d,
+        10,
+        "chatty",
+        json!([{"plugin": "local", "script": "for i in $(seq 1 3000); do echo \"$JOBX_NODE line $i\"; done"}]),
+    );
+    let uuid = start(&d, 10, "chatty", "g", json!({}));
+    assert_eq!(wait_finished(&d, 10, &uuid, T)["status"], "success");
+    let log = log_text(&d, &uuid);
+    for n in ["n1", "n2", "n3"] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with(&format!("[{n}] {n} line ")))
+            .collect();
+        assert_eq!(lines.len(), 3000, "{n}");
+        let nums: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(
+            nums.windows(2).all(|w| w[0] + 1 == w[1]),
+            "{n}: lines out of order"
+        );
+    }
+}

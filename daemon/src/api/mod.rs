@@ -4,6 +4,7 @@
 mod inventory;
 mod plugin_http;
 mod stats;
+mod stream;
 mod tasks;
 mod third;
 

@@ -343,21 +343,38 @@ async fn step_log_inner(req: Req) -> Result<tide::Response> {
         .unwrap_or_else(|| if wants_html { "html" } else { "text" }.into());
     match format.as_str() {
         "text" => {
-            let mut out = String::new();
-            let mut offset = 0;
-            loop {
-                let k = key.clone();
-                let page = run(&app, move |app| app.store.logs(&k, offset, 5000)).await?;
-                let Some(last) = page.last() else { break };
-                offset = last.0;
-                for (_, r) in &page {
-                    out.push_str(&record_line(r));
-                    out.push('\n');
+            // Streamed page by page: a long log never sits in memory whole.
+            let (tx, rx) = async_channel::bounded::<Vec<u8>>(super::stream::DEPTH);
+            let app2 = app.clone();
+            async_std::task::spawn(async move {
+                let mut offset = 0;
+                loop {
+                    let k = key.clone();
+                    let page = match run(&app2, move |app| app.store.logs(&k, offset, 2000)).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            log::error!("reading log {key}: {e}");
+                            return;
+                        }
+                    };
+                    let Some(last) = page.last() else { return };
+                    offset = last.0;
+                    let mut chunk = String::new();
+                    for (_, r) in &page {
+                        chunk.push_str(&record_line(r));
+                        chunk.push('\n');
+                    }
+                    if tx.send(chunk.into_bytes()).await.is_err() {
+                        return; // the client went away
+                    }
                 }
-            }
+            });
             let mut r = tide::Response::new(200);
             r.set_content_type(mime::PLAIN);
-            r.set_body(out);
+            r.set_body(tide::Body::from_reader(
+                super::stream::ChunkReader::new(rx),
+                None,
+            ));
             Ok(r)
         }
         "json" => {
