@@ -216,8 +216,8 @@ impl Store {
         })
     }
 
-    /// Tasks of a project, id descending, filtered. With a time filter the
-    /// time index bounds the scan.
+    /// Tasks of a project, newest first, filtered. With a time filter the
+    /// time index bounds the scan (order: creation time, which follows ids).
     pub fn tasks(&self, project: u64, f: &TaskFilter) -> Result<Vec<Task>> {
         self.read(|tx| {
             let tasks = tx.open_table(TASKS)?;
@@ -227,16 +227,14 @@ impl Store {
                 let lo = f.from_ms.unwrap_or(i64::MIN);
                 let to = f.to_ms.unwrap_or(i64::MAX);
                 let idx = tx.open_table(TASK_TIME)?;
-                let mut found = Vec::new();
-                for row in idx.range((project, lo, 0)..(project, to, 0))? {
+                // Newest first straight from the time index, stopping at the
+                // limit: memory stays bounded however wide the range is.
+                for row in idx.range((project, lo, 0)..(project, to, 0))?.rev() {
                     let (k, uuid) = row?;
-                    if k.value().2 <= hi {
-                        found.push((k.value().2, uuid.value().to_string()));
+                    if k.value().2 > hi {
+                        continue;
                     }
-                }
-                found.sort_by_key(|f| std::cmp::Reverse(f.0));
-                for (_, uuid) in found {
-                    if let Some(v) = tasks.get(uuid.as_str())? {
+                    if let Some(v) = tasks.get(uuid.value())? {
                         let t: Task = from_json(v.value())?;
                         if f.matches(&t) {
                             out.push(t);
