@@ -215,6 +215,22 @@ impl Task {
     }
 }
 
+/// The few fields of a task that statistics need; reading only these
+/// skips the task's job and node snapshots.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TaskSummary {
+    pub status: String,
+    pub created_ms: i64,
+    pub start_ms: Option<i64>,
+    pub finish_ms: Option<i64>,
+}
+
+impl TaskSummary {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "success" | "fail" | "refuse")
+    }
+}
+
 /// One batch of a task.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Subtask {

@@ -1,7 +1,7 @@
 //! Task statistics (pure): per-day and per-hour counts and the runtime
 //! distribution of `GET /task/:projectid/analysis/*`.
 
-use crate::model::Task;
+use crate::model::TaskSummary as Task;
 use std::collections::BTreeMap;
 
 /// Runtime buckets in minutes: [lower, upper) with the label the API uses.

@@ -12,7 +12,7 @@ pub fn routes(s: &mut tide::Server<Arc<App>>) {
 }
 
 /// Tasks created in the last 30 local days (today and the 29 before).
-async fn last_30_days(req: &Req, pid: u64) -> Result<Vec<crate::model::Task>> {
+async fn last_30_days(req: &Req, pid: u64) -> Result<Vec<crate::model::TaskSummary>> {
     let now = crate::clock::now_ms();
     // Noon of today minus 29 days lands on the right date even across DST changes.
     let noon =

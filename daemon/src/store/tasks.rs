@@ -264,7 +264,12 @@ impl Store {
     }
 
     /// Tasks of a project created in `[from, to)` (statistics), oldest first.
-    pub fn tasks_between(&self, project: u64, from: i64, to: i64) -> Result<Vec<Task>> {
+    pub fn tasks_between(
+        &self,
+        project: u64,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<crate::model::TaskSummary>> {
         self.read(|tx| {
             let idx = tx.open_table(TASK_TIME)?;
             let tasks = tx.open_table(TASKS)?;
