@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Wall time of the same job over 20 sshd servers, in batches of 5, with jobx
+# and with ansible-playbook. Not part of CI. Extra arguments go to the bench
+# binary (e.g. --runs 5). See bench/ssh/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then
+    echo "needs /usr/sbin/sshd and ssh (Debian: apt-get install openssh-server openssh-client)" >&2
+    exit 1
+fi
+
+# ansible-core from PyPI, in a virtualenv under target/ (kept between runs;
+# delete target/bench-ssh to start over).
+venv=target/bench-ssh/venv
+python=${PYTHON:-python3}
+if [ ! -x "$venv/bin/ansible-playbook" ]; then
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet ansible-core
+fi
+
+cargo build --release -p jobxd -p jobx-plugin-ssh -p jobx-bench-ssh
+
+# The daemon binary and libjobx_plugin_ssh.so both come from here.
+export JOBX_BIN_DIR="$PWD/target/release"
+
+# Python on the hosts (this machine) for ansible's modules.
+target_python=/usr/bin/python3
+[ -x "$target_python" ] || target_python="$PWD/$venv/bin/python"
+
+exec target/release/jobx-bench-ssh \
+    --ansible-playbook "$PWD/$venv/bin/ansible-playbook" \
+    --python "$target_python" \
+    "$@"
