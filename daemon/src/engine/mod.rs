@@ -130,6 +130,12 @@ impl Engine {
         if store.task(&uuid)?.is_some() {
             return Err(Error::Conflict(format!("uuid: task {uuid} already exists")));
         }
+        // Task and batch uuids share the log key space (semantics §7).
+        if store.subtask(&uuid)?.is_some() {
+            return Err(Error::Conflict(format!(
+                "uuid: {uuid} is already a batch uuid"
+            )));
+        }
         let inventory = store.nodes(req.project)?;
         let by_name: BTreeMap<&str, &Node> =
             inventory.iter().map(|n| (n.name.as_str(), n)).collect();

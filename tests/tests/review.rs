@@ -1,0 +1,58 @@
+//! Contract edge cases found in review, each through the real binary.
+
+use jobx_tests::daemon::*;
+use jobx_tests::flow::*;
+use serde_json::json;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_task_uuid_can_not_take_a_batch_uuid_and_read_its_log() {
+    let d = Daemon::start("");
+    nodes(&d, 10, &["n1"]);
+    job(
+        &d,
+        10,
+        "secret",
+        json!([{"plugin": "local", "script": "echo the-secret-of-10"}]),
+    );
+    let uuid = start(&d, 10, "secret", "val=n1", json!({}));
+    wait_finished(&d, 10, &uuid, T);
+    let batch = subtasks(&d, 10, &uuid)[0]["uuid"]
+        .as_str()
+        .expect("batch uuid")
+        .to_string();
+
+    // Project 11 picks the batch's uuid for a task of its own.
+    let (st, _) = d.post("/node/11", OTHER, json!({"nodes": [{"name": "m1"}]}));
+    assert_eq!(st, 200);
+    let (st, _) = d.post(
+        "/job/11",
+        OTHER,
+        json!({"name": "j", "steps": [{"plugin": "local", "script": "true"}]}),
+    );
+    assert_eq!(st, 200);
+    let (st, v) = d.post(
+        "/task/11/job/byname",
+        OTHER,
+        json!({"jobname": "j", "group": "val=m1", "uuid": batch}),
+    );
+    assert_eq!(st, 409, "a batch uuid is taken: {v}");
+    // The attempt letter that makes the third-party task uuid the batch's.
+    let retry_count = batch.as_bytes()[11] - b'a';
+    let (st, v) = d.post(
+        "/third/interface/invoke",
+        OTHER,
+        json!({"project_id": 11, "uuid": batch, "retry_count": retry_count, "params": {"jobname": "j", "group": "val=m1"}}),
+    );
+    assert_eq!(st, 409, "a batch uuid is taken: {v}");
+
+    // The batch's log stays project 10's: not readable from project 11,
+    // readable by project 10's own readers.
+    let path = format!("/slave/test-slave/log/{batch}?format=text");
+    assert_eq!(d.get(&path, OTHER).0, 403);
+    let (st, v) = d.get(&path, CONTROL10);
+    assert_eq!(st, 200, "{v}");
+    assert!(v.to_string().contains("the-secret-of-10"), "{v}");
+}
