@@ -56,3 +56,26 @@ fn a_task_uuid_can_not_take_a_batch_uuid_and_read_its_log() {
     assert_eq!(st, 200, "{v}");
     assert!(v.to_string().contains("the-secret-of-10"), "{v}");
 }
+#[test]
+fn names_in_paths_are_percent_decoded() {
+    let d = Daemon::start("");
+    nodes(&d, 10, &["web 1", "ü/2"]);
+    job(
+        &d,
+        10,
+        "deploy app",
+        json!([{"plugin": "local", "script": "true"}]),
+    );
+    let (st, v) = d.get("/job/10/deploy%20app", ADMIN);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["name"], "deploy app");
+    assert_eq!(d.delete("/job/10/deploy%20app", ADMIN).0, 200);
+    assert_eq!(d.data("/job/10"), json!([]));
+    assert_eq!(d.delete("/node/10/web%201", ADMIN).0, 200);
+    assert_eq!(d.delete("/node/10/%C3%BC%2F2", ADMIN).0, 200);
+    assert_eq!(d.data("/node/10"), json!([]));
+    // bytes that are not UTF-8 are bad input, not a missing thing
+    let (st, v) = d.get("/job/10/%FF%FE", ADMIN);
+    assert_eq!(st, 400, "{v}");
+    assert!(v["info"].as_str().unwrap_or("").contains("name"), "{v}");
+}

@@ -131,14 +131,20 @@ pub fn parse_project(s: &str) -> Result<u64> {
         .map_err(|_| Error::Bad(format!("projectid: {s:?} is too large")))
 }
 
-pub fn param<'a>(req: &'a Req, name: &str) -> Result<&'a str> {
-    req.param(name)
-        .map_err(|_| Error::Bad(format!("{name}: missing in path")))
+/// A path parameter, percent-decoded (names may hold spaces, `/`, UTF-8).
+pub fn param(req: &Req, name: &str) -> Result<String> {
+    let raw = req
+        .param(name)
+        .map_err(|_| Error::Bad(format!("{name}: missing in path")))?;
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(String::from)
+        .map_err(|_| Error::Bad(format!("{name}: {raw:?} is not UTF-8 once decoded")))
 }
 
 /// `:projectid` of the path, authorized for `need`.
 pub fn project(req: &Req, need: Role) -> Result<(u64, Principal)> {
-    let pid = parse_project(param(req, "projectid")?)?;
+    let pid = parse_project(&param(req, "projectid")?)?;
     let p = authorize(req, pid, need)?;
     Ok((pid, p))
 }
