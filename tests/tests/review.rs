@@ -79,3 +79,25 @@ fn names_in_paths_are_percent_decoded() {
     assert_eq!(st, 400, "{v}");
     assert!(v["info"].as_str().unwrap_or("").contains("name"), "{v}");
 }
+#[test]
+fn third_party_calls_without_a_token_are_401_whether_the_task_exists_or_not() {
+    let d = Daemon::start("");
+    nodes(&d, 10, &["n1"]);
+    job(&d, 10, "j", json!([{"plugin": "local", "script": "true"}]));
+    let v = d.ok_post(
+        "/third/interface/invoke",
+        json!({"project_id": 10, "uuid": "Caller000001", "params": {"jobname": "j", "group": "val=n1"}}),
+    );
+    let uuid = v["uuid"].as_str().expect("uuid").to_string();
+    wait_finished(&d, 10, &uuid, T);
+    for path in ["/third/interface/query", "/third/interface/stop"] {
+        for caller in ["Caller000001", "Nobody000001"] {
+            let (st, v) = d.req("POST", path, None, Some(&json!({"uuid": caller})));
+            assert_eq!(st, 401, "{path} {caller}: {v}");
+        }
+    }
+    for path in ["/third/option/groupname", "/third/interface/dry-run"] {
+        let (st, v) = d.req("POST", path, None, Some(&json!({})));
+        assert_eq!(st, 401, "{path}: {v}");
+    }
+}

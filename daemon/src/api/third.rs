@@ -66,6 +66,7 @@ fn new_task(b: &Map<String, Value>, pid: u64, uuid: String) -> Result<NewTask> {
 }
 
 async fn groupnames(mut req: Req) -> Result<Reply> {
+    principal(&req)?;
     let b = body(&mut req).await?;
     let pid = project_id(&b)?;
     authorize(&req, pid, Role::Read)?;
@@ -77,6 +78,7 @@ async fn groupnames(mut req: Req) -> Result<Reply> {
 }
 
 async fn dry_run(mut req: Req) -> Result<Reply> {
+    principal(&req)?;
     let b = body(&mut req).await?;
     let pid = project_id(&b)?;
     let who = authorize(&req, pid, Role::Write)?;
@@ -106,6 +108,7 @@ async fn dry_run(mut req: Req) -> Result<Reply> {
 }
 
 async fn invoke(mut req: Req) -> Result<Reply> {
+    principal(&req)?;
     let b = body(&mut req).await?;
     let pid = project_id(&b)?;
     let who = authorize(&req, pid, Role::Write)?;
@@ -170,6 +173,8 @@ fn query_state(deploy: &Task, dsubs: &[Subtask], rollback: Option<(&Task, &[Subt
 }
 
 async fn query_task(mut req: Req) -> Result<Reply> {
+    // Strangers learn nothing, not even whether a task exists.
+    principal(&req)?;
     let b = body(&mut req).await?;
     let uuid = task_uuid(&b)?;
     let u2 = uuid.clone();
@@ -195,6 +200,7 @@ async fn query_task(mut req: Req) -> Result<Reply> {
 }
 
 async fn stop(mut req: Req) -> Result<Reply> {
+    principal(&req)?;
     let b = body(&mut req).await?;
     let uuid = task_uuid(&b)?;
     let u2 = uuid.clone();
