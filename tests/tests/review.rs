@@ -101,3 +101,34 @@ fn third_party_calls_without_a_token_are_401_whether_the_task_exists_or_not() {
         assert_eq!(st, 401, "{path}: {v}");
     }
 }
+
+#[test]
+fn nodebatch_is_honoured_only_by_job_byname_and_auth_comes_first() {
+    let d = Daemon::start("");
+    nodes(&d, 10, &["n1", "n2"]);
+    job(&d, 10, "j", json!([{"plugin": "local", "script": "true"}]));
+    // job/byname: the top-level field picks one node
+    let v = d.ok_post(
+        "/task/10/job/byname",
+        json!({"jobname": "j", "_nodebatch_": "n2"}),
+    );
+    let u = v["uuid"].as_str().expect("uuid").to_string();
+    assert_eq!(subtasks(&d, 10, &u)[0]["nodelist"], "n2");
+    assert_eq!(
+        task(&d, 10, &u)["variable"],
+        json!({}),
+        "the variable stays as given"
+    );
+    // third-party invoke: `_nodebatch_` among the variables does not replace `group`
+    let (st, v) = d.post(
+        "/third/interface/invoke",
+        ADMIN,
+        json!({"project_id": 10, "uuid": "NodeBatch001", "params": {"jobname": "j", "variable": {"_nodebatch_": "n1"}}}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["info"].as_str().unwrap_or("").contains("group"), "{v}");
+    // no token: 401 even when the project id is malformed
+    assert_eq!(d.req("GET", "/task/abc", None, None).0, 401);
+    assert_eq!(d.req("GET", "/group/x/1", None, None).0, 401);
+    assert_eq!(d.get("/task/abc", ADMIN).0, 400);
+}

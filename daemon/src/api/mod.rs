@@ -144,6 +144,9 @@ pub fn param(req: &Req, name: &str) -> Result<String> {
 
 /// `:projectid` of the path, authorized for `need`.
 pub fn project(req: &Req, need: Role) -> Result<(u64, Principal)> {
+    // Who is asking comes first: without a valid token the answer is 401,
+    // whatever the rest of the request looks like.
+    principal(req)?;
     let pid = parse_project(&param(req, "projectid")?)?;
     let p = authorize(req, pid, need)?;
     Ok((pid, p))

@@ -55,11 +55,18 @@ pub(super) fn variable_of(b: &Map<String, Value>) -> Result<Value> {
 async fn task_create(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Write)?;
     let b = body(&mut req).await?;
-    let mut variable = variable_of(&b)?;
-    if let (Some(nb), Value::Object(m)) = (opt_str(&b, "_nodebatch_")?, &mut variable) {
-        m.insert("_nodebatch_".into(), Value::String(nb));
-    }
+    let variable = variable_of(&b)?;
+    // `_nodebatch_` may come as a body field or among the variables.
+    let nodebatch = match opt_str(&b, "_nodebatch_")? {
+        Some(nb) => Some(nb),
+        None => match variable.get("_nodebatch_") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(Error::Bad("variable._nodebatch_: must be a string".into())),
+        },
+    };
     let new = NewTask {
+        nodebatch,
         project: pid,
         jobname: req_str(&b, "jobname")?,
         group: opt_str(&b, "group")?,
@@ -426,7 +433,11 @@ async fn step_log_inner(req: Req) -> Result<tide::Response> {
                     )
                 })
                 .collect();
-            let sse_url = format!("/slave/{}/log/{}?format=sse&offset={last}", app.slave, key);
+            let slave = percent_encoding::utf8_percent_encode(
+                &app.slave,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            let sse_url = format!("/slave/{slave}/log/{key}?format=sse&offset={last}");
             let mut r = tide::Response::new(200);
             r.set_content_type(mime::HTML);
             r.set_body(crate::logs::page(

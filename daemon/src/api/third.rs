@@ -62,6 +62,7 @@ fn new_task(b: &Map<String, Value>, pid: u64, uuid: String) -> Result<NewTask> {
         variable: variable_of(params).map_err(|e| Error::Bad(format!("params.{e}")))?,
         uuid: Some(uuid),
         calltype: "api".into(),
+        nodebatch: None,
     })
 }
 

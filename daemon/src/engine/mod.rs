@@ -55,6 +55,8 @@ pub struct NewTask {
     pub variable: Value,
     pub uuid: Option<String>,
     pub calltype: String,
+    /// `_nodebatch_` (job/byname only): a group name or one node, in place of `group`.
+    pub nodebatch: Option<String>,
 }
 
 impl Engine {
@@ -211,7 +213,7 @@ impl Engine {
                 .map_err(|e| Error::Bad(format!("variable._pip_: {e}")))?;
             return Ok(("_pip_".into(), b, true));
         }
-        if let Some(nb) = vars.get("_nodebatch_").filter(|p| !p.trim().is_empty()) {
+        if let Some(nb) = req.nodebatch.as_deref().filter(|p| !p.trim().is_empty()) {
             let nb = nb.trim();
             if let Some(g) = self.store.group_by_name(req.project, nb)? {
                 return Ok((
@@ -222,7 +224,7 @@ impl Engine {
             }
             if nb.contains([',', ';']) || nb.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(Error::Bad(format!(
-                    "variable._nodebatch_: {nb:?} is neither a group name nor one node or address"
+                    "_nodebatch_: {nb:?} is neither a group name nor one node or address"
                 )));
             }
             return Ok((nb.to_string(), vec![vec![nb.to_string()]], false));
