@@ -106,9 +106,8 @@ pub fn principal(req: &Req) -> Result<Principal> {
     }
 }
 
-/// Authenticates and checks `need` on `project`.
-pub fn authorize(req: &Req, project: u64, need: Role) -> Result<Principal> {
-    let p = principal(req)?;
+/// Checks that an authenticated caller holds `need` on `project`.
+pub fn authorize(p: Principal, project: u64, need: Role) -> Result<Principal> {
     if p.may(project, need) {
         Ok(p)
     } else {
@@ -146,10 +145,9 @@ pub fn param(req: &Req, name: &str) -> Result<String> {
 pub fn project(req: &Req, need: Role) -> Result<(u64, Principal)> {
     // Who is asking comes first: without a valid token the answer is 401,
     // whatever the rest of the request looks like.
-    principal(req)?;
+    let p = principal(req)?;
     let pid = parse_project(&param(req, "projectid")?)?;
-    let p = authorize(req, pid, need)?;
-    Ok((pid, p))
+    Ok((pid, authorize(p, pid, need)?))
 }
 
 /// The query string as a map (last value wins).

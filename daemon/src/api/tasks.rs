@@ -304,11 +304,15 @@ fn record_line(r: &crate::model::LogRecord) -> String {
     }
 }
 
+/// Whether the client asks for a page (a browser).
+fn wants_html(req: &Req) -> bool {
+    req.header("accept")
+        .is_some_and(|a| a.last().as_str().contains("text/html"))
+}
+
 async fn step_log(req: Req) -> tide::Result {
-    let browser = req
-        .header("accept")
-        .is_some_and(|a| a.last().as_str().contains("text/html"));
-    Ok(match step_log_inner(req).await {
+    let browser = wants_html(&req);
+    Ok(match step_log_inner(req, browser).await {
         Ok(r) => r,
         Err(e) => {
             let unauthorized = matches!(e, Error::Unauthorized(_));
@@ -325,10 +329,10 @@ async fn step_log(req: Req) -> tide::Result {
     })
 }
 
-async fn step_log_inner(req: Req) -> Result<tide::Response> {
+async fn step_log_inner(req: Req, browser: bool) -> Result<tide::Response> {
     let app = req.state().clone();
     // Authenticate before looking anything up, so strangers learn nothing.
-    principal(&req)?;
+    let who = principal(&req)?;
     let slave = param(&req, "slave")?;
     if slave != app.slave {
         return Err(Error::NotFound(format!(
@@ -339,15 +343,12 @@ async fn step_log_inner(req: Req) -> Result<tide::Response> {
     let key = param(&req, "key")?.to_string();
     let k2 = key.clone();
     let (task, sub) = run(&app, move |app| log_owner(app, &k2)).await?;
-    authorize(&req, task.projectid, Role::Read)?;
+    authorize(who, task.projectid, Role::Read)?;
     let q = query(&req)?;
-    let wants_html = req
-        .header("accept")
-        .is_some_and(|a| a.last().as_str().contains("text/html"));
     let format = q
         .get("format")
         .cloned()
-        .unwrap_or_else(|| if wants_html { "html" } else { "text" }.into());
+        .unwrap_or_else(|| if browser { "html" } else { "text" }.into());
     match format.as_str() {
         "text" => {
             // Streamed page by page: a long log never sits in memory whole.

@@ -67,10 +67,10 @@ fn new_task(b: &Map<String, Value>, pid: u64, uuid: String) -> Result<NewTask> {
 }
 
 async fn groupnames(mut req: Req) -> Result<Reply> {
-    principal(&req)?;
+    let who = principal(&req)?;
     let b = body(&mut req).await?;
     let pid = project_id(&b)?;
-    authorize(&req, pid, Role::Read)?;
+    authorize(who, pid, Role::Read)?;
     let groups = run(req.state(), move |app| app.store.groups(pid)).await?;
     Ok(Reply::Data(json!(groups
         .iter()
@@ -78,13 +78,20 @@ async fn groupnames(mut req: Req) -> Result<Reply> {
         .collect::<Vec<_>>())))
 }
 
-async fn dry_run(mut req: Req) -> Result<Reply> {
-    principal(&req)?;
-    let b = body(&mut req).await?;
+/// The common part of dry-run and invoke: the caller (write on the
+/// project), the task uuid and what to plan.
+async fn write_request(req: &mut Req) -> Result<(Principal, String, NewTask)> {
+    let who = principal(req)?;
+    let b = body(req).await?;
     let pid = project_id(&b)?;
-    let who = authorize(&req, pid, Role::Write)?;
+    let who = authorize(who, pid, Role::Write)?;
     let uuid = task_uuid(&b)?;
     let new = new_task(&b, pid, uuid.clone())?;
+    Ok((who, uuid, new))
+}
+
+async fn dry_run(mut req: Req) -> Result<Reply> {
+    let (who, uuid, new) = write_request(&mut req).await?;
     let (task, subs) = run(req.state(), move |app| app.engine.plan(&who, &new)).await?;
     let batches: Vec<Value> = subs
         .iter()
@@ -109,12 +116,8 @@ async fn dry_run(mut req: Req) -> Result<Reply> {
 }
 
 async fn invoke(mut req: Req) -> Result<Reply> {
-    principal(&req)?;
-    let b = body(&mut req).await?;
-    let pid = project_id(&b)?;
-    let who = authorize(&req, pid, Role::Write)?;
-    let uuid = task_uuid(&b)?;
-    let new = new_task(&b, pid, uuid.clone())?;
+    let (who, uuid, new) = write_request(&mut req).await?;
+    let pid = new.project;
     let u2 = uuid.clone();
     let created = run(req.state(), move |app| {
         if let Some(t) = app.store.task(&u2)? {
@@ -175,7 +178,7 @@ fn query_state(deploy: &Task, dsubs: &[Subtask], rollback: Option<(&Task, &[Subt
 
 async fn query_task(mut req: Req) -> Result<Reply> {
     // Strangers learn nothing, not even whether a task exists.
-    principal(&req)?;
+    let who = principal(&req)?;
     let b = body(&mut req).await?;
     let uuid = task_uuid(&b)?;
     let u2 = uuid.clone();
@@ -195,13 +198,13 @@ async fn query_task(mut req: Req) -> Result<Reply> {
     let Some((d, ds, rb)) = found else {
         return Err(Error::NotFound(format!("no task {uuid}")));
     };
-    authorize(&req, d.projectid, Role::Read)?;
+    authorize(who, d.projectid, Role::Read)?;
     let v = query_state(&d, &ds, rb.as_ref().map(|(s, t)| (t, s.as_slice())));
     Ok(Reply::Body(v))
 }
 
 async fn stop(mut req: Req) -> Result<Reply> {
-    principal(&req)?;
+    let who = principal(&req)?;
     let b = body(&mut req).await?;
     let uuid = task_uuid(&b)?;
     let u2 = uuid.clone();
@@ -213,7 +216,7 @@ async fn stop(mut req: Req) -> Result<Reply> {
         Ok((d, app.store.task(&crate::ids::rollback_of(&u2))?))
     })
     .await?;
-    let who = authorize(&req, d.projectid, Role::Control)?;
+    let who = authorize(who, d.projectid, Role::Control)?;
     let target = rb.unwrap_or(d);
     let (pid, tu) = (target.projectid, target.uuid.clone());
     run(req.state(), move |app| app.engine.stop(pid, &tu, &who)).await?;
