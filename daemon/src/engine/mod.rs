@@ -306,22 +306,15 @@ impl Engine {
 
     /// A task of `project`, or 404.
     pub fn task_in(&self, project: u64, uuid: &str) -> Result<Task> {
-        if !crate::ids::is_uuid(uuid) {
-            return Err(Error::Bad(format!("uuid: {uuid:?} is not a task uuid")));
-        }
-        self.store
-            .task(uuid)?
-            .filter(|t| t.projectid == project)
-            .ok_or_else(|| Error::NotFound(format!("no task {uuid} in project {project}")))
+        check_uuid(uuid)?;
+        in_project(self.store.task(uuid)?, project, uuid)
     }
 
     /// Sticky stop. A finished task is left as it is.
     pub fn stop(&self, project: u64, uuid: &str, who: &Principal) -> Result<()> {
-        self.task_in(project, uuid)?;
+        check_uuid(uuid)?;
         let stopped = self.store.tx(|tx| {
-            let mut t = tx
-                .task(uuid)?
-                .ok_or_else(|| Error::NotFound(format!("no task {uuid}")))?;
+            let mut t = in_project(tx.task(uuid)?, project, uuid)?;
             if t.is_finished() || t.stopped_by.is_some() {
                 return Ok(false);
             }
@@ -456,12 +449,9 @@ impl Engine {
                 "uuid: {uuid:?} is not a deploy uuid (12 characters ending in a lowercase letter)"
             )));
         }
-        let deploy = self.task_in(project, uuid)?;
         let rb_uuid = crate::ids::rollback_of(uuid);
         let created = self.store.tx(|tx| {
-            let mut d = tx
-                .task(uuid)?
-                .ok_or_else(|| Error::NotFound(format!("no task {uuid}")))?;
+            let mut d = in_project(tx.task(uuid)?, project, uuid)?;
             check_rollback_allowed(&d, crate::clock::now_ms())?;
             d.decision = if rollback { "rollback" } else { "norollback" }.into();
             tx.put_task(&d)?;
@@ -470,7 +460,7 @@ impl Engine {
                 return Ok(None);
             }
             let subs = tx.subtasks(uuid)?;
-            let (mut rb, mut rb_subs) = rollback_task(&d, &subs, &rb_uuid, who, &deploy.calltype);
+            let (mut rb, mut rb_subs) = rollback_task(&d, &subs, &rb_uuid, who);
             tx.insert_task(&mut rb, &mut rb_subs)?;
             tx.oplog(
                 project,
@@ -519,20 +509,34 @@ impl Engine {
                     }
                     tx.put_subtask(&s)?;
                 }
+                // The interrupted batch's approval is no longer awaited.
+                for mut a in tx.pending_approvals(t.projectid)? {
+                    if a.taskuuid == *uuid {
+                        a.status = "cancel".into();
+                        tx.put_approval(&a)?;
+                    }
+                }
                 Ok(())
             })?;
-            for a in self.store.pending_approvals_of_task(uuid)? {
-                self.store.tx(|tx| {
-                    let mut a = a.clone();
-                    a.status = "cancel".into();
-                    tx.put_approval(&a)
-                })?;
-            }
             log::info!("resuming task {uuid}");
             self.spawn_runner(uuid.clone());
         }
         Ok(active.len())
     }
+}
+
+fn check_uuid(uuid: &str) -> Result<()> {
+    if crate::ids::is_uuid(uuid) {
+        Ok(())
+    } else {
+        Err(Error::Bad(format!("uuid: {uuid:?} is not a task uuid")))
+    }
+}
+
+/// The task if it belongs to `project`; another project's task is not found.
+fn in_project(t: Option<Task>, project: u64, uuid: &str) -> Result<Task> {
+    t.filter(|t| t.projectid == project)
+        .ok_or_else(|| Error::NotFound(format!("no task {uuid} in project {project}")))
 }
 
 fn new_subtask(task: &str, idx: u32, nodes: Vec<String>) -> Subtask {
@@ -583,6 +587,12 @@ pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
             d.uuid
         )));
     }
+    if d.status == "refuse" {
+        return Err(Error::Conflict(format!(
+            "deploy {} was refused; it cannot be rolled back",
+            d.uuid
+        )));
+    }
     match d.decision.as_str() {
         "pending" => {}
         "rollback" | "norollback" => {
@@ -591,24 +601,12 @@ pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
                 d.uuid, d.decision
             )))
         }
-        _ if d.status == "refuse" => {
-            return Err(Error::Conflict(format!(
-                "deploy {} was refused; it cannot be rolled back",
-                d.uuid
-            )))
-        }
         _ => {
             return Err(Error::Conflict(format!(
                 "deploy {} has no _rollbackVersion_; no rollback decision is expected",
                 d.uuid
             )))
         }
-    }
-    if d.status == "refuse" {
-        return Err(Error::Conflict(format!(
-            "deploy {} was refused; it cannot be rolled back",
-            d.uuid
-        )));
     }
     let start = d.start_ms.unwrap_or(d.created_ms);
     if now - start > ROLLBACK_WINDOW_MS {
@@ -622,13 +620,7 @@ pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
 
 /// The rollback partner: same job and group, `version` = the old
 /// `_rollbackVersion_`, over the deploy's batches that had started.
-fn rollback_task(
-    d: &Task,
-    subs: &[Subtask],
-    uuid: &str,
-    who: &Principal,
-    calltype: &str,
-) -> (Task, Vec<Subtask>) {
+fn rollback_task(d: &Task, subs: &[Subtask], uuid: &str, who: &Principal) -> (Task, Vec<Subtask>) {
     let mut vars = d.vars.clone();
     let old = vars.remove("_rollbackVersion_").unwrap_or_default();
     vars.insert("version".into(), old.clone());
@@ -654,7 +646,7 @@ fn rollback_task(
         created_ms: crate::clock::now_ms(),
         start_ms: None,
         finish_ms: None,
-        calltype: calltype.to_string(),
+        calltype: d.calltype.clone(),
         reason: String::new(),
         variable,
         vars,

@@ -99,11 +99,7 @@ impl Store {
     }
 
     pub fn job(&self, project: u64, name: &str) -> Result<Option<Job>> {
-        self.read(|tx| {
-            let t = tx.open_table(JOBS)?;
-            let v = t.get((project, name))?;
-            v.map(|v| from_json(v.value())).transpose()
-        })
+        self.read(|tx| get_json(&tx.open_table(JOBS)?, (project, name)))
     }
 
     /// Creates or replaces a job. `build` gets the stored version (to keep
@@ -117,10 +113,7 @@ impl Store {
     ) -> Result<Job> {
         self.write(|tx| {
             let mut t = tx.open_table(JOBS)?;
-            let old: Option<Job> = match t.get((project, name))? {
-                Some(v) => Some(from_json(v.value())?),
-                None => None,
-            };
+            let old: Option<Job> = get_json(&t, (project, name))?;
             let job = build(old)?;
             t.insert((project, name), to_json(&job)?.as_slice())?;
             drop(t);
@@ -159,8 +152,7 @@ impl Store {
     /// A group of this project; a group of another project is not found.
     pub fn group(&self, project: u64, id: u64) -> Result<Option<Group>> {
         self.read(|tx| {
-            let v = tx.open_table(GROUPS)?.get(id)?;
-            let g: Option<Group> = v.map(|v| from_json(v.value())).transpose()?;
+            let g: Option<Group> = get_json(&tx.open_table(GROUPS)?, id)?;
             Ok(g.filter(|g| g.projectid == project))
         })
     }
@@ -172,10 +164,7 @@ impl Store {
                 .get((project, name))?
                 .map(|v| v.value());
             match id {
-                Some(id) => {
-                    let v = tx.open_table(GROUPS)?.get(id)?;
-                    v.map(|v| from_json(v.value())).transpose()
-                }
+                Some(id) => get_json(&tx.open_table(GROUPS)?, id),
                 None => Ok(None),
             }
         })
@@ -188,8 +177,7 @@ impl Store {
             let mut names = tx.open_table(GROUP_NAMES)?;
             let old: Option<Group> = match id {
                 Some(id) => {
-                    let old: Option<Group> =
-                        groups.get(id)?.map(|v| from_json(v.value())).transpose()?;
+                    let old: Option<Group> = get_json(&groups, id)?;
                     match old.filter(|o| o.projectid == g.projectid) {
                         Some(o) => Some(o),
                         None => {
@@ -238,7 +226,7 @@ impl Store {
     pub fn delete_group(&self, project: u64, user: &str, id: u64) -> Result<()> {
         self.write(|tx| {
             let mut groups = tx.open_table(GROUPS)?;
-            let g: Option<Group> = groups.get(id)?.map(|v| from_json(v.value())).transpose()?;
+            let g: Option<Group> = get_json(&groups, id)?;
             let Some(g) = g.filter(|g| g.projectid == project) else {
                 return Err(Error::NotFound(format!(
                     "no group {id} in project {project}"

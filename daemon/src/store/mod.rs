@@ -49,6 +49,21 @@ pub(crate) fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
     Ok(serde_json::from_slice(b)?)
 }
 
+/// The JSON row under `key`, from a table of either kind of transaction.
+pub(crate) fn get_json<'k, K, T>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> Result<Option<T>>
+where
+    K: redb::Key + 'static,
+    T: DeserializeOwned,
+{
+    match table.get(key)? {
+        Some(v) => Ok(Some(from_json(v.value())?)),
+        None => Ok(None),
+    }
+}
+
 /// Takes the next value of a named counter (starting at 1).
 pub(crate) fn next_id(tx: &WriteTransaction, counter: &str) -> Result<u64> {
     let mut t = tx.open_table(META)?;

@@ -55,15 +55,33 @@ fn subtasks_of(
     Ok(out)
 }
 
+/// The pending approvals of a project, from either kind of transaction.
+fn pending_of(
+    idx: &impl ReadableTable<(u64, &'static str), ()>,
+    all: &impl ReadableTable<&'static str, &'static [u8]>,
+    project: u64,
+) -> Result<Vec<Approval>> {
+    let mut out = Vec::new();
+    for row in idx.range((project, "")..)? {
+        let (k, _) = row?;
+        let (p, uuid) = k.value();
+        if p != project {
+            break;
+        }
+        if let Some(a) = get_json(all, uuid)? {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
 /// A write transaction over tasks: read-modify-write of several rows that
 /// commit together (or not at all).
 pub struct Tx<'a>(&'a WriteTransaction);
 
 impl Tx<'_> {
     pub fn task(&self, uuid: &str) -> Result<Option<Task>> {
-        let t = self.0.open_table(TASKS)?;
-        let v = t.get(uuid)?;
-        v.map(|v| from_json(v.value())).transpose()
+        get_json(&self.0.open_table(TASKS)?, uuid)
     }
 
     pub fn put_task(&self, t: &Task) -> Result<()> {
@@ -93,9 +111,7 @@ impl Tx<'_> {
     }
 
     pub fn subtask(&self, uuid: &str) -> Result<Option<Subtask>> {
-        let t = self.0.open_table(SUBTASKS)?;
-        let v = t.get(uuid)?;
-        v.map(|v| from_json(v.value())).transpose()
+        get_json(&self.0.open_table(SUBTASKS)?, uuid)
     }
 
     pub fn put_subtask(&self, s: &Subtask) -> Result<()> {
@@ -112,9 +128,13 @@ impl Tx<'_> {
     }
 
     pub fn approval(&self, uuid: &str) -> Result<Option<Approval>> {
-        let t = self.0.open_table(APPROVALS)?;
-        let v = t.get(uuid)?;
-        v.map(|v| from_json(v.value())).transpose()
+        get_json(&self.0.open_table(APPROVALS)?, uuid)
+    }
+
+    pub fn pending_approvals(&self, project: u64) -> Result<Vec<Approval>> {
+        let idx = self.0.open_table(APPROVAL_PENDING)?;
+        let all = self.0.open_table(APPROVALS)?;
+        pending_of(&idx, &all, project)
     }
 
     pub fn put_approval(&self, a: &Approval) -> Result<()> {
@@ -193,11 +213,7 @@ impl Store {
     }
 
     pub fn task(&self, uuid: &str) -> Result<Option<Task>> {
-        self.read(|tx| {
-            let t = tx.open_table(TASKS)?;
-            let v = t.get(uuid)?;
-            v.map(|v| from_json(v.value())).transpose()
-        })
+        self.read(|tx| get_json(&tx.open_table(TASKS)?, uuid))
     }
 
     pub fn subtasks(&self, task: &str) -> Result<Vec<Subtask>> {
@@ -209,11 +225,7 @@ impl Store {
     }
 
     pub fn subtask(&self, uuid: &str) -> Result<Option<Subtask>> {
-        self.read(|tx| {
-            let t = tx.open_table(SUBTASKS)?;
-            let v = t.get(uuid)?;
-            v.map(|v| from_json(v.value())).transpose()
-        })
+        self.read(|tx| get_json(&tx.open_table(SUBTASKS)?, uuid))
     }
 
     /// Tasks of a project, newest first, filtered. With a time filter the
@@ -300,27 +312,12 @@ impl Store {
         self.read(|tx| {
             let idx = tx.open_table(APPROVAL_PENDING)?;
             let all = tx.open_table(APPROVALS)?;
-            let mut out = Vec::new();
-            for row in idx.range((project, "")..)? {
-                let (k, _) = row?;
-                let (p, uuid) = k.value();
-                if p != project {
-                    break;
-                }
-                if let Some(v) = all.get(uuid)? {
-                    out.push(from_json(v.value())?);
-                }
-            }
-            Ok(out)
+            pending_of(&idx, &all, project)
         })
     }
 
     pub fn approval(&self, uuid: &str) -> Result<Option<Approval>> {
-        self.read(|tx| {
-            let t = tx.open_table(APPROVALS)?;
-            let v = t.get(uuid)?;
-            v.map(|v| from_json(v.value())).transpose()
-        })
+        self.read(|tx| get_json(&tx.open_table(APPROVALS)?, uuid))
     }
 
     /// Appends log records in one transaction (the log writer's group commit).
@@ -376,17 +373,5 @@ impl Store {
             }
             Ok(out)
         })
-    }
-
-    /// Pending approvals of one task.
-    pub fn pending_approvals_of_task(&self, task: &str) -> Result<Vec<Approval>> {
-        let Some(t) = self.task(task)? else {
-            return Ok(Vec::new());
-        };
-        Ok(self
-            .pending_approvals(t.projectid)?
-            .into_iter()
-            .filter(|a| a.taskuuid == task)
-            .collect())
     }
 }
