@@ -25,10 +25,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// of label values stays small.
 pub fn route_label(path: &str) -> String {
     let mut out = String::new();
+    let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
+    let folded = first == "slave" || first == "plugin";
     for (i, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
         out.push('/');
-        let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
-        if (first == "slave" || first == "plugin") && i >= 1 {
+        if folded && i >= 1 {
             out.push_str(if i == 1 { ":name" } else { "…" });
             if i >= 2 {
                 break;

@@ -146,6 +146,11 @@ impl OpLog {
     }
 }
 
+/// A task status after which nothing runs any more.
+pub fn is_final(status: &str) -> bool {
+    matches!(status, "success" | "fail" | "refuse")
+}
+
 /// One execution of a job over a group (a deploy, or a rollback partner).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Task {
@@ -184,7 +189,7 @@ pub struct Task {
 
 impl Task {
     pub fn is_finished(&self) -> bool {
-        matches!(self.status.as_str(), "success" | "fail" | "refuse")
+        is_final(&self.status)
     }
 
     pub fn runtime(&self) -> Option<String> {
@@ -227,7 +232,7 @@ pub struct TaskSummary {
 
 impl TaskSummary {
     pub fn is_finished(&self) -> bool {
-        matches!(self.status.as_str(), "success" | "fail" | "refuse")
+        is_final(&self.status)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Task statistics (pure): per-day and per-hour counts and the runtime
 //! distribution of `GET /task/:projectid/analysis/*`.
 
-use crate::model::TaskSummary as Task;
+use crate::model::TaskSummary;
 use std::collections::BTreeMap;
 
 /// Runtime buckets in minutes: [lower, upper) with the label the API uses.
@@ -15,7 +15,7 @@ pub const BUCKETS: [(&str, f64, f64); 6] = [
 ];
 
 /// `[date, total, success]` per local day that has tasks, ascending.
-pub fn by_date(tasks: &[Task], date_of: impl Fn(i64) -> String) -> Vec<(String, u64, u64)> {
+pub fn by_date(tasks: &[TaskSummary], date_of: impl Fn(i64) -> String) -> Vec<(String, u64, u64)> {
     let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for t in tasks {
         let e = m.entry(date_of(t.created_ms)).or_default();
@@ -28,7 +28,7 @@ pub fn by_date(tasks: &[Task], date_of: impl Fn(i64) -> String) -> Vec<(String, 
 }
 
 /// `[hour, count]` per local hour of day that has tasks, ascending.
-pub fn by_hour(tasks: &[Task], hour_of: impl Fn(i64) -> String) -> Vec<(String, u64)> {
+pub fn by_hour(tasks: &[TaskSummary], hour_of: impl Fn(i64) -> String) -> Vec<(String, u64)> {
     let mut m: BTreeMap<String, u64> = BTreeMap::new();
     for t in tasks {
         *m.entry(hour_of(t.created_ms)).or_default() += 1;

@@ -35,12 +35,12 @@ pub fn batch_vars(task: &Task, sub: &Subtask) -> BTreeMap<String, String> {
     v
 }
 
-/// The environment a step process gets on `node`: the step's `env`, the
-/// task variables (they win over step env), and the JOBX_* context.
-pub fn step_env(task: &Task, sub: &Subtask, step: &Step, node: &str) -> BTreeMap<String, String> {
+/// The environment a step process gets on every node of the batch: the
+/// step's `env`, the task variables (they win over step env), and the
+/// JOBX_* context except `JOBX_NODE`, which the caller adds per node.
+pub fn step_env(task: &Task, sub: &Subtask, step: &Step) -> BTreeMap<String, String> {
     let mut env = step.env.clone();
     env.extend(batch_vars(task, sub));
-    env.insert("JOBX_NODE".into(), node.to_string());
     env.insert("JOBX_TASK".into(), task.uuid.clone());
     env.insert("JOBX_SUBTASK".into(), sub.uuid.clone());
     env.insert("JOBX_BATCH".into(), (sub.idx + 1).to_string());

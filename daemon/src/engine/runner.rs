@@ -216,7 +216,7 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
             );
             continue;
         }
-        if stopped(e, &task.uuid).await? {
+        if e.is_stopping(&task.uuid) {
             outcome.reason = "stopped".into();
             failed_at = Some(i);
             outcome.failed = sub.nodes.clone();
@@ -315,11 +315,6 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
     .await
 }
 
-/// The in-memory stop flag (set by `Engine::stop` and by recovery).
-async fn stopped(e: &Arc<Engine>, uuid: &str) -> Result<bool> {
-    Ok(e.is_stopping(uuid))
-}
-
 /// Collects one run's output into the log and its result into a channel.
 struct NodeSink {
     logs: crate::logs::LogWriter,
@@ -360,12 +355,13 @@ impl RunSink for NodeSink {
     }
 }
 
-fn request(
+/// The request of a step, the same on every node of the batch (variables,
+/// arguments and parameters are resolved once per step, not per node).
+fn request_template(
     e: &Engine,
     task: &Task,
     sub: &Subtask,
     step: &Step,
-    node: &str,
 ) -> std::result::Result<StepRequest, String> {
     let vars = plan::batch_vars(task, sub);
     let kind = if step.kind.as_deref() == Some("scp") {
@@ -388,7 +384,6 @@ fn request(
             args,
         }
     };
-    let n = task.nodes.get(node);
     let params = match serde_json::to_value(step) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
@@ -402,22 +397,31 @@ fn request(
         action: task.action.clone(),
         batch: sub.idx + 1,
         batches: task.batches,
-        node: jobx_plugin_api::Node {
-            name: node.to_string(),
-            host: n
-                .map(|n| n.address().to_string())
-                .unwrap_or_else(|| node.to_string()),
-            port: n.and_then(|n| n.port),
-            user: n.and_then(|n| n.user.clone()),
-            labels: n.map(|n| n.labels.clone()).unwrap_or_default(),
-        },
+        node: jobx_plugin_api::Node::default(),
         kind,
         user: step.user.clone(),
-        env: plan::step_env(task, sub, step, node),
+        env: plan::step_env(task, sub, step),
         timeout_secs: step.timeout,
         params,
         data_dir: e.data_dir.clone(),
     })
+}
+
+/// The step's request for one node of the batch.
+fn request_for(template: &StepRequest, task: &Task, node: &str) -> StepRequest {
+    let n = task.nodes.get(node);
+    let mut req = template.clone();
+    req.node = jobx_plugin_api::Node {
+        name: node.to_string(),
+        host: n
+            .map(|n| n.address().to_string())
+            .unwrap_or_else(|| node.to_string()),
+        port: n.and_then(|n| n.port),
+        user: n.and_then(|n| n.user.clone()),
+        labels: n.map(|n| n.labels.clone()).unwrap_or_default(),
+    };
+    req.env.insert("JOBX_NODE".into(), node.to_string());
+    req
 }
 
 /// Runs a step on `nodes`, at most `max_parallel` at once; answers the nodes it failed on.
@@ -429,6 +433,19 @@ async fn run_step(
     nodes: &[String],
     keys: &Keys,
 ) -> StepOutcome {
+    let template = match request_template(e, task, sub, step) {
+        Ok(t) => Arc::new(t),
+        Err(msg) => {
+            for node in nodes {
+                e.logs.append(keys, node, "info", &format!("failed: {msg}"));
+            }
+            return StepOutcome {
+                failed: nodes.to_vec(),
+                refused: false,
+                reason: format!("step {:?}: {msg}", step.name),
+            };
+        }
+    };
     let permits = async_channel::bounded::<()>(e.max_parallel.max(1));
     for _ in 0..e.max_parallel.max(1) {
         let _ = permits.0.try_send(());
@@ -437,17 +454,13 @@ async fn run_step(
     let mut joins = Vec::with_capacity(nodes.len());
     // One shared copy for every node: a task holds its whole node snapshot,
     // and a copy per node would cost memory and time quadratic in batch size.
-    let (task, sub, step) = (
-        Arc::new(task.clone()),
-        Arc::new(sub.clone()),
-        Arc::new(step.clone()),
-    );
-    for node in nodes {
-        let (e, task, sub, step, keys) = (
+    let (task, step) = (Arc::new(task.clone()), Arc::new(step.clone()));
+    for (i, node) in nodes.iter().enumerate() {
+        let (e, task, step, template, keys) = (
             e.clone(),
             task.clone(),
-            sub.clone(),
             step.clone(),
+            template.clone(),
             keys.clone(),
         );
         let node = node.clone();
@@ -457,10 +470,10 @@ async fn run_step(
             if permits.1.recv().await.is_err() {
                 return;
             }
-            let ok = run_node(&e, &task, &sub, &step, &node, &keys).await;
+            let ok = run_node(&e, &task, &step, &template, &node, &keys).await;
             let _ = permits.0.try_send(());
             if !ok {
-                lock(&failed).push(node);
+                lock(&failed).push(i);
             }
         }));
     }
@@ -469,7 +482,8 @@ async fn run_step(
     }
     let mut failed = std::mem::take(&mut *lock(&failed));
     // Report failures in batch order, not completion order.
-    failed.sort_by_key(|n| nodes.iter().position(|m| m == n));
+    failed.sort_unstable();
+    let failed: Vec<String> = failed.into_iter().map(|i| nodes[i].clone()).collect();
     let reason = if failed.is_empty() {
         String::new()
     } else {
@@ -486,23 +500,17 @@ async fn run_step(
 async fn run_node(
     e: &Arc<Engine>,
     task: &Task,
-    sub: &Subtask,
     step: &Step,
+    template: &StepRequest,
     node: &str,
     keys: &Keys,
 ) -> bool {
-    if stopped(e, &task.uuid).await.unwrap_or(false) {
+    if e.is_stopping(&task.uuid) {
         e.logs
             .append(keys, node, "info", "not started: task stopped");
         return false;
     }
-    let req = match request(e, task, sub, step, node) {
-        Ok(r) => r,
-        Err(msg) => {
-            e.logs.append(keys, node, "info", &format!("failed: {msg}"));
-            return false;
-        }
-    };
+    let req = request_for(template, task, node);
     let (tx, rx) = async_channel::bounded(1);
     let sink = Arc::new(NodeSink {
         logs: e.logs.clone(),
@@ -526,7 +534,7 @@ async fn run_node(
         .or_default()
         .insert(run_id, handle.clone());
     // A stop may have landed between the check above and the registration.
-    if stopped(e, &task.uuid).await.unwrap_or(false) {
+    if e.is_stopping(&task.uuid) {
         handle.cancel();
     }
     let began = std::time::Instant::now();
