@@ -75,19 +75,28 @@ impl LogWriter {
             text: text.to_string(),
         };
         let mut q = lock(&self.inner.queue);
-        for key in keys.all() {
-            let seq = match q.seqs.get(key) {
-                Some(s) => *s,
-                None => {
-                    // First use since start: continue after what is stored.
-                    let last = self.inner.store.last_log_seq(key).unwrap_or(0);
+        let missing: Vec<&str> = keys.all().filter(|k| !q.seqs.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            // First use of a key since start: continue after what is stored.
+            // The store is read without the lock, so other writers go on.
+            drop(q);
+            let loaded: Vec<(&str, u64)> = missing
+                .into_iter()
+                .map(|k| (k, self.inner.store.last_log_seq(k).unwrap_or(0) + 1))
+                .collect();
+            q = lock(&self.inner.queue);
+            for (k, next) in loaded {
+                if !q.seqs.contains_key(k) {
+                    q.seqs.insert(k.to_string(), next);
                     q.task_keys
                         .entry(keys.task.clone())
                         .or_default()
-                        .push(key.to_string());
-                    last + 1
+                        .push(k.to_string());
                 }
-            };
+            }
+        }
+        for key in keys.all() {
+            let seq = q.seqs.get(key).copied().unwrap_or(1);
             q.seqs.insert(key.to_string(), seq + 1);
             q.bytes += rec.text.len() + 64;
             q.pending.push((key.to_string(), seq, rec.clone()));
