@@ -15,7 +15,9 @@
 #![warn(missing_docs)]
 
 pub mod abi;
-mod base64;
+/// Standard base64 (RFC 4648): how bytes travel in the JSON of HTTP bodies,
+/// for plugins and hosts that need the same encoding elsewhere.
+pub mod base64;
 pub mod plugin;
 mod types;
 

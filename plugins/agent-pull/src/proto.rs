@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use jobx_plugin_api::{StepKind, Stream};
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +130,7 @@ impl Line {
             Err(_) => Line {
                 stream,
                 text: None,
-                base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                base64: Some(jobx_plugin_api::base64::encode(bytes)),
             },
         }
     }
@@ -140,8 +139,7 @@ impl Line {
     pub fn bytes(&self) -> Result<Vec<u8>, String> {
         match (&self.text, &self.base64) {
             (Some(t), None) => Ok(t.as_bytes().to_vec()),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
+            (None, Some(b)) => jobx_plugin_api::base64::decode(b)
                 .map_err(|e| format!("invalid base64 in an output line: {e}")),
             _ => Err("an output line needs exactly one of text and base64".to_string()),
         }
