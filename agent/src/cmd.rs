@@ -9,9 +9,9 @@
 //! after the grace period; whatever the step leaves in its group is killed
 //! when it exits.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,36 +19,10 @@ use std::time::{Duration, Instant};
 use jobx_plugin_api::Stream;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
-use crate::lines::LineSplitter;
 use crate::output::Output;
 use crate::state::{Control, Stop};
-
-/// The watchdog, run as
-/// `sh -c WATCHDOG jobx-watchdog <script file> <program> <args…>`: fixed
-/// text, step data only ever reaches it as arguments.
-///
-/// * fd 0 is the lifeline; it is moved to fd 3 and stdin becomes /dev/null.
-/// * A background subshell blocks reading the lifeline; EOF (the agent is
-///   gone) makes it remove the script file and `kill -9 0`: the whole group.
-///   It ignores SIGTERM so it survives the group SIGTERM of a stop.
-/// * The step runs in the background without fd 3; the watchdog traps
-///   SIGTERM to keep waiting through the grace period and exits with the
-///   step's status.
-const WATCHDOG: &str = r#"f=$1; shift
-exec 3<&0 0</dev/null
-{ trap '' TERM; read -r _ <&3; rm -f -- "$f"; kill -9 0; } &
-w=$!
-exec 3<&-
-trap : TERM
-"$@" &
-c=$!
-while :; do
-  wait "$c"; s=$?
-  kill -0 "$c" 2>/dev/null || break
-done
-kill -9 "$w" 2>/dev/null
-exit "$s"
-"#;
+use jobx_plugin_local::lines::LineSplitter;
+use jobx_plugin_local::{resolve_interpreter, ScriptFile, WATCHDOG};
 
 /// How often the step's state is looked at.
 const TICK: Duration = Duration::from_millis(50);
@@ -70,61 +44,6 @@ pub fn stopped(why: Stop) -> Outcome {
         Stop::Cancel => Outcome::Failed("cancelled".to_string()),
         Stop::Shutdown => Outcome::Failed("the agent was stopped".to_string()),
         Stop::Stale | Stop::Orphan => Outcome::Dropped,
-    }
-}
-
-/// Interpreters looked up in `PATH`.
-const INTERPRETERS: &[&str] = &["bash", "sh", "python3", "perl"];
-
-fn resolve_interpreter(name: &str) -> Result<PathBuf, String> {
-    let path = Path::new(name);
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    if !INTERPRETERS.contains(&name) {
-        return Err(format!(
-            "unsupported interpreter {name:?}: use bash, sh, python3, perl or an absolute path"
-        ));
-    }
-    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&search)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| format!("interpreter {name} not found in PATH"))
-}
-
-/// A script in a private temporary file, removed when dropped.
-struct ScriptFile(PathBuf);
-
-impl ScriptFile {
-    fn create(dir: &Path, tag: &str, script: &str) -> io::Result<ScriptFile> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tag: String = tag
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .take(40)
-            .collect();
-        let path = dir.join(format!(
-            "jobx-agent-{tag}-{}.script",
-            crate::state::random_id()
-        ));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        let guard = ScriptFile(path);
-        file.write_all(script.as_bytes())?;
-        Ok(guard)
-    }
-}
-
-impl Drop for ScriptFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -178,9 +97,9 @@ pub fn run(spec: &Spec, out: &Output, control: &Control) -> Outcome {
         .arg("-c")
         .arg(WATCHDOG)
         .arg("jobx-watchdog")
-        .arg(&script.0)
+        .arg(script.path())
         .arg(&program)
-        .arg(&script.0)
+        .arg(script.path())
         .args(spec.args)
         .envs(spec.env)
         .current_dir(spec.workdir)
@@ -276,20 +195,5 @@ pub fn run(spec: &Spec, out: &Output, control: &Control) -> Outcome {
             _ => Outcome::Failed("unknown exit status".to_string()),
         },
         Err(e) => Outcome::Failed(format!("the exit status of the step was lost: {e}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interpreters() {
-        assert!(resolve_interpreter("sh").unwrap().is_absolute());
-        assert!(resolve_interpreter("ruby").is_err());
-        assert_eq!(
-            resolve_interpreter("/opt/x").unwrap(),
-            PathBuf::from("/opt/x")
-        );
     }
 }

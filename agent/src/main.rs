@@ -9,7 +9,6 @@
 
 mod client;
 mod cmd;
-mod lines;
 mod output;
 // The plugin's own message definitions: both sides compile the same file.
 #[allow(dead_code)]

@@ -20,6 +20,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use jobx_plugin_local::{chown, parse_mode, temp_name};
+
 use crate::client::Client;
 use crate::output::Output;
 use crate::proto::{Entry, Manifest};
@@ -46,18 +48,6 @@ struct Stats {
     files: u64,
     bytes: u64,
     removed: u64,
-}
-
-/// Parses an octal mode like `0755` or `644`.
-pub fn parse_mode(text: &str) -> Result<u32, String> {
-    let t = text.trim();
-    let t = t.strip_prefix("0o").unwrap_or(t);
-    match u32::from_str_radix(t, 8) {
-        Ok(m) if !t.is_empty() && m <= 0o7777 => Ok(m),
-        _ => Err(format!(
-            "invalid chmod {text:?}: expected an octal mode like 0755"
-        )),
-    }
 }
 
 /// A relative path from the listing, refusing anything that could leave
@@ -115,7 +105,7 @@ pub fn copy(c: &Copy) -> Result<String, String> {
             .map_err(|e| format!("scp: chmod {}: {e}", target.display()))?;
     }
     if let Some(owner) = c.chown.filter(|o| !o.is_empty()) {
-        chown(owner, &target, c.out)?;
+        chown(owner, &target, |line| c.out.info(line))?;
     }
     let mut summary = format!(
         "copied {} file(s), {} byte(s) to {}",
@@ -193,13 +183,6 @@ fn make_dir(dir: &Path) -> Result<(), String> {
         Err(_) => fs::create_dir_all(dir)
             .map_err(|e| format!("scp: cannot create {}: {e}", dir.display())),
     }
-}
-
-fn temp_name(dst: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(dst.file_name().unwrap_or_default());
-    name.push(format!(".jobx-{}", crate::state::random_id()));
-    dst.with_file_name(name)
 }
 
 /// Copies one file or symbolic link (entry `index` of the listing) to `dst`.
@@ -282,32 +265,6 @@ fn download(
         .map_err(|err| format!("scp: chmod {}: {err}", tmp.display()))?;
     stats.bytes += got;
     Ok(())
-}
-
-fn chown(owner: &str, target: &Path, out: &Output) -> Result<(), String> {
-    if !rustix::process::geteuid().is_root() {
-        out.info(format!(
-            "chown {owner} skipped: the agent does not run as root"
-        ));
-        return Ok(());
-    }
-    // The system chown resolves names (NSS included); no shell involved.
-    let res = std::process::Command::new("chown")
-        .arg("--")
-        .arg(owner)
-        .arg(target)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("scp: cannot run chown: {e}"))?;
-    if res.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "scp: chown {owner} {}: {}",
-            target.display(),
-            String::from_utf8_lossy(&res.stderr).trim()
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,13 @@
 //! `kill_grace_secs` (default 3), `copy_workers` (default 2).
 
 mod driver;
-mod lines;
 mod scp;
+
+// The step contract is shared with `jobx-agent`, which runs steps on its own
+// host exactly as this plugin does; it uses these pieces rather than copies.
+pub mod lines;
+pub use driver::{ScriptFile, WATCHDOG};
+pub use scp::{chown, parse_mode, temp_name};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +37,7 @@ use std::time::Duration;
 use jobx_plugin_api::{export_plugin, Executor, Reporter, RunId, StepKind, StepRequest};
 use serde::Deserialize;
 
-use crate::driver::{Driver, ScriptFile, Spec};
+use crate::driver::{Driver, Spec};
 use crate::scp::{Copier, CopyJob};
 
 #[derive(Deserialize, Debug)]
@@ -65,7 +70,7 @@ pub struct Local {
 const INTERPRETERS: &[&str] = &["bash", "sh", "python3", "perl"];
 
 /// Resolves an interpreter name to an executable path.
-fn resolve_interpreter(name: &str) -> Result<PathBuf, String> {
+pub fn resolve_interpreter(name: &str) -> Result<PathBuf, String> {
     let path = Path::new(name);
     if path.is_absolute() {
         return Ok(path.to_path_buf());
@@ -173,6 +178,13 @@ export_plugin!(Local);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interpreters_resolve() {
+        assert!(resolve_interpreter("sh").is_ok_and(|p| p.is_absolute()));
+        assert!(resolve_interpreter("ruby").is_err());
+        assert_eq!(resolve_interpreter("/opt/x"), Ok(PathBuf::from("/opt/x")));
+    }
 
     #[test]
     fn interpreters() {

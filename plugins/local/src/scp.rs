@@ -230,7 +230,7 @@ fn copy_job(job: &CopyJob, limits: &Limits) -> Result<String, String> {
             .map_err(|e| format!("scp: chmod {}: {e}", target.display()))?;
     }
     if let Some(owner) = job.chown.as_deref().filter(|o| !o.is_empty()) {
-        chown(owner, &target, &job.out)?;
+        chown(owner, &target, |line| job.out.info(line))?;
     }
     let mut summary = format!(
         "copied {} file(s), {} byte(s) to {}",
@@ -267,11 +267,12 @@ fn inside(path: &Path, dir: &Path) -> bool {
     }
 }
 
-fn chown(owner: &str, target: &Path, out: &Reporter) -> Result<(), String> {
+/// Gives `target` to `owner` (`user` or `user:group`) with the system
+/// `chown`; when not running as root, nothing is changed and `skipped` gets
+/// a line to report instead.
+pub fn chown(owner: &str, target: &Path, skipped: impl FnOnce(String)) -> Result<(), String> {
     if !rustix::process::geteuid().is_root() {
-        out.info(format!(
-            "chown {owner} skipped: the daemon does not run as root"
-        ));
+        skipped(format!("chown {owner} skipped: not running as root"));
         return Ok(());
     }
     // The system chown resolves user and group names (NSS included); the
@@ -327,7 +328,8 @@ fn copy_entry(src: &Path, dst: &Path, limits: &Limits, stats: &mut Stats) -> Res
     Ok(())
 }
 
-fn temp_name(dst: &Path) -> PathBuf {
+/// A hidden temporary name beside `dst`, renamed into place once written.
+pub fn temp_name(dst: &Path) -> PathBuf {
     let mut name = OsString::from(".");
     name.push(dst.file_name().unwrap_or_default());
     name.push(format!(".jobx-{}", crate::driver::unique()));
