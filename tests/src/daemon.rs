@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Tokens every test daemon knows (name, secret, roles).
 pub const ADMIN: &str = "admin-secret-0001";
@@ -81,17 +81,9 @@ impl Drop for TempDir {
 }
 
 /// Polls `f` until it returns Some, or panics with `what` at the deadline.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > end {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    crate::poll(timeout, f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 pub struct Daemon {
@@ -258,16 +250,12 @@ impl Daemon {
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st;
-            }
-            if Instant::now() > end {
+        match crate::poll(Duration::from_secs(30), || c.try_wait().ok().flatten()) {
+            Some(st) => st,
+            None => {
                 let _ = c.kill();
                 panic!("jobxd did not exit within 30 s of SIGTERM");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

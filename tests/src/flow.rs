@@ -83,24 +83,32 @@ pub fn log_text(d: &Daemon, key: &str) -> String {
         .unwrap_or_else(|| v.to_string())
 }
 
-/// Pids of processes whose command line contains `marker`.
-pub fn processes_with(marker: &str) -> Vec<u32> {
-    let me = std::process::id();
+/// Processes on this machine (other than the caller) whose command line
+/// contains `marker`, as (pid, command line). sshd and agents run on this
+/// machine, so this is also how tests see what is left "on the node".
+pub fn processes_matching(marker: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
     };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == me {
             continue;
         }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(marker) {
-                out.push(pid);
-            }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(marker) {
+            out.push((pid, cmd.trim_end().to_string()));
         }
     }
     out

@@ -393,51 +393,13 @@ pub fn unused_endpoint() -> io::Result<(Ipv4Addr, u16)> {
     Ok((addr, free_port(IpAddr::V4(addr))?))
 }
 
-/// Processes on this machine (other than the caller) whose command line
-/// contains `marker`, as (pid, command line). sshd runs on this machine, so
-/// this is how tests see what is left running "on the node".
-pub fn processes_matching(marker: &str) -> Vec<(i32, String)> {
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmd.contains(marker) {
-            out.push((pid, cmd.trim_end().to_string()));
-        }
-    }
-    out
-}
-
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns
 /// whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::poll(timeout, || cond().then_some(())).is_some()
 }
+
+pub use crate::flow::processes_matching;
 
 fn loopback_address(index: usize) -> Ipv4Addr {
     // 127.0.0.2 … 127.0.0.254, then 127.0.1.2 …

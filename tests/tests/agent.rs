@@ -148,7 +148,7 @@ fn wait_log(d: &Daemon, uuid: &str, needle: &str) -> String {
 
 fn wait_gone(marker: &str) {
     wait_for(&format!("processes with {marker} to end"), T, || {
-        processes_with(marker).is_empty().then_some(())
+        processes_matching(marker).is_empty().then_some(())
     });
 }
 
@@ -253,7 +253,7 @@ fn an_agent_killed_mid_step_fails_its_node_as_agent_lost() {
     );
     let uuid = start(&d, 10, "slow", "pair", json!({}));
     wait_log(&d, &uuid, "[n1] started");
-    assert!(!processes_with(&mark).is_empty(), "the step runs");
+    assert!(!processes_matching(&mark).is_empty(), "the step runs");
     let running = agent_info(&d, "n1");
     assert_eq!(running["running"][0]["task"], uuid.as_str(), "{running}");
     a1.kill9();
@@ -287,7 +287,7 @@ fn stop_kills_the_step_on_the_agent() {
     );
     let uuid = start(&d, 10, "long", "one", json!({}));
     wait_log(&d, &uuid, "[n1] started");
-    assert!(!processes_with(&mark).is_empty());
+    assert!(!processes_matching(&mark).is_empty());
     let asked = Instant::now();
     let (st, v) = d.delete(&format!("/task/10/{uuid}"), ADMIN);
     assert_eq!(st, 200, "{v}");
@@ -619,7 +619,7 @@ fn timeouts_and_a_terminated_agent_end_the_step_and_its_processes() {
     wait_log(&d, &uuid, "[n1] started");
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait_exit(T).code(), Some(0));
-    assert!(processes_with(&mark).is_empty(), "the step died first");
+    assert!(processes_matching(&mark).is_empty(), "the step died first");
     wait_confirm(&d, 10, &uuid, 0, T);
     let log = log_text(&d, &uuid);
     assert!(log.contains("[n1] failed: the agent was stopped"), "{log}");

@@ -293,7 +293,7 @@ fn stop_during_sleep_ends_within_seconds_and_leaves_no_process() {
     );
     let uuid = start(&d, 10, "j", "two", json!({"mark": mark}));
     wait_for("step processes to run", T, || {
-        (processes_with(&mark).len() >= 2).then_some(())
+        (processes_matching(&mark).len() >= 2).then_some(())
     });
     let t0 = std::time::Instant::now();
     let (st, v) = d.delete(&format!("/task/10/{uuid}"), CONTROL10);
@@ -308,7 +308,7 @@ fn stop_during_sleep_ends_within_seconds_and_leaves_no_process() {
     assert_ne!(subs[0]["confirm"], "WaitConfirm");
     assert_eq!(subs[1]["status"], "cancel");
     wait_for("step processes to be gone", Duration::from_secs(5), || {
-        processes_with(&mark).is_empty().then_some(())
+        processes_matching(&mark).is_empty().then_some(())
     });
     // stopping a finished task is a no-op that answers success
     assert_eq!(d.put(&format!("/task/10/{uuid}"), ADMIN, json!({})).0, 200);
@@ -358,7 +358,7 @@ fn step_timeout_kills_the_process_group() {
     wait_for(
         "timed-out processes to be gone",
         Duration::from_secs(5),
-        || processes_with(&mark).is_empty().then_some(()),
+        || processes_matching(&mark).is_empty().then_some(()),
     );
 }
 
@@ -701,14 +701,14 @@ fn sigkill_of_the_daemon_leaves_no_step_process_and_restart_waits_for_a_person()
     );
     let uuid = start(&d, 10, "j", "two", json!({"mark": mark}));
     wait_for("step processes", T, || {
-        (processes_with(&mark).len() >= 2).then_some(())
+        (processes_matching(&mark).len() >= 2).then_some(())
     });
     let before = task(&d, 10, &uuid);
     d.kill9();
     wait_for(
         "orphaned step processes to die",
         Duration::from_secs(10),
-        || processes_with(&mark).is_empty().then_some(()),
+        || processes_matching(&mark).is_empty().then_some(()),
     );
     d.restart();
     let subs = wait_confirm(&d, 10, &uuid, 0, T);
@@ -719,20 +719,20 @@ fn sigkill_of_the_daemon_leaves_no_step_process_and_restart_waits_for_a_person()
     assert_eq!(t["status"], "running");
     assert_eq!(t["starttime"], before["starttime"]);
     assert!(
-        processes_with(&mark).is_empty(),
+        processes_matching(&mark).is_empty(),
         "nothing re-executed without a person"
     );
     let b0 = subs[0]["uuid"].as_str().expect("uuid");
     d.ok_put(&format!("/subtask/10/{b0}/confirm"), json!({}));
     // batch 2 runs the sleep again; stop it to finish
     wait_for("batch 2 to run", T, || {
-        (!processes_with(&mark).is_empty()).then_some(())
+        (!processes_matching(&mark).is_empty()).then_some(())
     });
     d.ok_put(&format!("/task/10/{uuid}"), json!({}));
     let t = wait_finished(&d, 10, &uuid, T);
     assert_eq!(t["status"], "fail");
     wait_for("stopped processes to die", Duration::from_secs(5), || {
-        processes_with(&mark).is_empty().then_some(())
+        processes_matching(&mark).is_empty().then_some(())
     });
 }
 

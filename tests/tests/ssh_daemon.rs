@@ -202,7 +202,7 @@ fn stop_and_daemon_death_leave_no_remote_process() {
     let mark = marker("sshstop");
     let uuid = start(&d, 10, "sleepy", "g", json!({"mark": mark}));
     wait_for("remote sleeps", T, || {
-        (processes_with(&mark).len() >= 2).then_some(())
+        (processes_matching(&mark).len() >= 2).then_some(())
     });
     d.ok_put(&format!("/task/10/{uuid}"), json!({}));
     assert_eq!(
@@ -212,19 +212,19 @@ fn stop_and_daemon_death_leave_no_remote_process() {
     wait_for(
         "remote processes gone after stop",
         Duration::from_secs(10),
-        || processes_with(&mark).is_empty().then_some(()),
+        || processes_matching(&mark).is_empty().then_some(()),
     );
 
     let mark = marker("sshkill");
     let uuid = start(&d, 10, "sleepy", "g", json!({"mark": mark}));
     wait_for("remote sleeps", T, || {
-        (processes_with(&mark).len() >= 2).then_some(())
+        (processes_matching(&mark).len() >= 2).then_some(())
     });
     d.kill9();
     wait_for(
         "remote processes gone after jobxd died",
         Duration::from_secs(15),
-        || processes_with(&mark).is_empty().then_some(()),
+        || processes_matching(&mark).is_empty().then_some(()),
     );
     d.restart();
     let subs = wait_confirm(&d, 10, &uuid, 0, T);
