@@ -205,8 +205,8 @@ impl SshOptions {
         }
     }
 
-    /// Options shared by every ssh invocation for `target`.
-    fn common(&self, target: &Target, ctl: &Path, connect_timeout: u64) -> Vec<String> {
+    /// Options ssh and scp share: config file, connection options, key.
+    fn shared(&self, ctl: &Path, connect_timeout: u64) -> Vec<String> {
         let mut a = Vec::new();
         if let Some(f) = &self.config_file {
             a.push("-F".to_string());
@@ -227,6 +227,12 @@ impl SshOptions {
             a.push("-i".to_string());
             a.push(id.replace('%', "%%"));
         }
+        a
+    }
+
+    /// Options shared by every ssh invocation for `target`.
+    fn common(&self, target: &Target, ctl: &Path, connect_timeout: u64) -> Vec<String> {
+        let mut a = self.shared(ctl, connect_timeout);
         if let Some(p) = target.port {
             a.push("-p".to_string());
             a.push(p.to_string());
@@ -282,27 +288,8 @@ impl SshOptions {
 
     /// Options for scp (`-o` form; scp's own `-P` and `user@host:` syntax).
     pub fn scp_args(&self, target: &Target, ctl: &Path, connect_timeout: u64) -> Vec<String> {
-        let mut a = Vec::new();
-        if let Some(f) = &self.config_file {
-            a.push("-F".to_string());
-            a.push(f.display().to_string());
-        }
-        for opt in [
-            "BatchMode=yes".to_string(),
-            format!("ControlPath={}", ctl.display()),
-            "ControlMaster=no".to_string(),
-            format!("StrictHostKeyChecking={}", self.policy),
-            format!("UserKnownHostsFile={}", ssh_value(&self.known_hosts)),
-            format!("ConnectTimeout={}", connect_timeout.max(1)),
-            "LogLevel=ERROR".to_string(),
-        ] {
-            a.push("-o".to_string());
-            a.push(opt);
-        }
-        if let Some(id) = &self.identity_file {
-            a.push("-i".to_string());
-            a.push(id.replace('%', "%%"));
-        }
+        let mut a = self.shared(ctl, connect_timeout);
+        a.extend(["-o", "ControlMaster=no"].map(String::from));
         if let Some(p) = target.port {
             a.push("-P".to_string());
             a.push(p.to_string());
