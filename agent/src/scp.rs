@@ -20,7 +20,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jobx_plugin_local::{chown, parse_mode, temp_name};
+use jobx_plugin_local::{finish_copy, parse_mode, temp_name, CopyStats};
 
 use crate::client::Client;
 use crate::output::Output;
@@ -41,13 +41,6 @@ pub struct Copy<'a> {
     pub out: &'a Output,
     /// Fails with the reason when the step must stop (timeout, stop).
     pub check: &'a dyn Fn() -> Result<(), String>,
-}
-
-#[derive(Default)]
-struct Stats {
-    files: u64,
-    bytes: u64,
-    removed: u64,
 }
 
 /// A relative path from the listing, refusing anything that could leave
@@ -79,7 +72,7 @@ pub fn copy(c: &Copy) -> Result<String, String> {
         .entries
         .first()
         .ok_or("scp: the daemon listed nothing to copy")?;
-    let mut stats = Stats::default();
+    let mut stats = CopyStats::default();
     let dst = PathBuf::from(c.dst);
     let target = if root.kind == "dir" {
         copy_tree(c, &manifest, &dst, &mut stats)?;
@@ -100,26 +93,10 @@ pub fn copy(c: &Copy) -> Result<String, String> {
         copy_entry(c, 0, root, &target, &mut stats)?;
         target
     };
-    if let Some(mode) = mode {
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("scp: chmod {}: {e}", target.display()))?;
-    }
-    if let Some(owner) = c.chown.filter(|o| !o.is_empty()) {
-        chown(owner, &target, |line| c.out.info(line))?;
-    }
-    let mut summary = format!(
-        "copied {} file(s), {} byte(s) to {}",
-        stats.files,
-        stats.bytes,
-        target.display()
-    );
-    if stats.removed > 0 {
-        summary.push_str(&format!(", removed {} extra entr(ies)", stats.removed));
-    }
-    Ok(summary)
+    finish_copy(&target, mode, c.chown, &stats, |line| c.out.info(line))
 }
 
-fn copy_tree(c: &Copy, m: &Manifest, dst: &Path, stats: &mut Stats) -> Result<(), String> {
+fn copy_tree(c: &Copy, m: &Manifest, dst: &Path, stats: &mut CopyStats) -> Result<(), String> {
     // Names each directory of the source holds, for `delete`.
     let mut children: HashMap<String, HashSet<OsString>> = HashMap::new();
     let mut dirs = Vec::new();
@@ -191,7 +168,7 @@ fn copy_entry(
     index: usize,
     e: &Entry,
     dst: &Path,
-    stats: &mut Stats,
+    stats: &mut CopyStats,
 ) -> Result<(), String> {
     (c.check)()?;
     if let Ok(existing) = fs::symlink_metadata(dst) {
@@ -225,7 +202,7 @@ fn download(
     index: usize,
     e: &Entry,
     tmp: &Path,
-    stats: &mut Stats,
+    stats: &mut CopyStats,
 ) -> Result<(), String> {
     let mut file = fs::OpenOptions::new()
         .write(true)

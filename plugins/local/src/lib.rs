@@ -28,7 +28,7 @@ mod scp;
 // host exactly as this plugin does; it uses these pieces rather than copies.
 pub mod lines;
 pub use driver::{ScriptFile, WATCHDOG};
-pub use scp::{chown, parse_mode, temp_name};
+pub use scp::{finish_copy, parse_mode, temp_name, CopyStats};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

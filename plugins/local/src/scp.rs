@@ -169,11 +169,41 @@ impl Limits<'_> {
     }
 }
 
-#[derive(Default)]
-struct Stats {
-    files: u64,
-    bytes: u64,
-    removed: u64,
+/// What a copy did.
+#[derive(Default, Debug)]
+pub struct CopyStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub removed: u64,
+}
+
+/// The end of every copy: `chmod` and `chown` on what was copied to
+/// `target` (`skipped` gets a line when chown is not possible), then the
+/// summary line to report.
+pub fn finish_copy(
+    target: &Path,
+    mode: Option<u32>,
+    owner: Option<&str>,
+    stats: &CopyStats,
+    skipped: impl FnOnce(String),
+) -> Result<String, String> {
+    if let Some(mode) = mode {
+        fs::set_permissions(target, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("scp: chmod {}: {e}", target.display()))?;
+    }
+    if let Some(owner) = owner.filter(|o| !o.is_empty()) {
+        chown(owner, target, skipped)?;
+    }
+    let mut summary = format!(
+        "copied {} file(s), {} byte(s) to {}",
+        stats.files,
+        stats.bytes,
+        target.display()
+    );
+    if stats.removed > 0 {
+        summary.push_str(&format!(", removed {} extra entr(ies)", stats.removed));
+    }
+    Ok(summary)
 }
 
 /// Parses an octal mode like `0755` or `644`.
@@ -195,7 +225,7 @@ fn copy_job(job: &CopyJob, limits: &Limits) -> Result<String, String> {
     }
     let meta = fs::symlink_metadata(&job.src)
         .map_err(|e| format!("scp: cannot read {}: {e}", job.src.display()))?;
-    let mut stats = Stats::default();
+    let mut stats = CopyStats::default();
     let target = if meta.is_dir() {
         let dst = PathBuf::from(&job.dst);
         if inside(&dst, &job.src) {
@@ -225,23 +255,9 @@ fn copy_job(job: &CopyJob, limits: &Limits) -> Result<String, String> {
         copy_entry(&job.src, &target, limits, &mut stats)?;
         target
     };
-    if let Some(mode) = mode {
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("scp: chmod {}: {e}", target.display()))?;
-    }
-    if let Some(owner) = job.chown.as_deref().filter(|o| !o.is_empty()) {
-        chown(owner, &target, |line| job.out.info(line))?;
-    }
-    let mut summary = format!(
-        "copied {} file(s), {} byte(s) to {}",
-        stats.files,
-        stats.bytes,
-        target.display()
-    );
-    if stats.removed > 0 {
-        summary.push_str(&format!(", removed {} extra entr(ies)", stats.removed));
-    }
-    Ok(summary)
+    finish_copy(&target, mode, job.chown.as_deref(), &stats, |line| {
+        job.out.info(line)
+    })
 }
 
 /// Whether `path` is `dir` or lies under it (resolving what exists of it).
@@ -296,7 +312,12 @@ pub fn chown(owner: &str, target: &Path, skipped: impl FnOnce(String)) -> Result
 }
 
 /// Copies one non-directory entry (file or symlink) to `dst`.
-fn copy_entry(src: &Path, dst: &Path, limits: &Limits, stats: &mut Stats) -> Result<(), String> {
+fn copy_entry(
+    src: &Path,
+    dst: &Path,
+    limits: &Limits,
+    stats: &mut CopyStats,
+) -> Result<(), String> {
     limits.check()?;
     let meta = fs::symlink_metadata(src).map_err(|e| format!("scp: {}: {e}", src.display()))?;
     if let Ok(existing) = fs::symlink_metadata(dst) {
@@ -341,7 +362,7 @@ fn copy_file(
     tmp: &Path,
     mode: u32,
     limits: &Limits,
-    stats: &mut Stats,
+    stats: &mut CopyStats,
 ) -> Result<(), String> {
     let mut input = fs::File::open(src).map_err(|e| format!("scp: {}: {e}", src.display()))?;
     let mut output = fs::OpenOptions::new()
@@ -375,7 +396,7 @@ fn copy_dir(
     dst: &Path,
     delete: bool,
     limits: &Limits,
-    stats: &mut Stats,
+    stats: &mut CopyStats,
 ) -> Result<(), String> {
     limits.check()?;
     match fs::symlink_metadata(dst) {
