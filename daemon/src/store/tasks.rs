@@ -234,6 +234,15 @@ impl Store {
         self.read(|tx| {
             let tasks = tx.open_table(TASKS)?;
             let mut out = Vec::new();
+            // Keeps a matching task; answers whether the page is full.
+            let mut keep = |uuid: &str| -> Result<bool> {
+                if let Some(t) = get_json::<_, Task>(&tasks, uuid)? {
+                    if f.matches(&t) {
+                        out.push(t);
+                    }
+                }
+                Ok(out.len() >= f.limit)
+            };
             let hi = f.before_id.map(|b| b.saturating_sub(1)).unwrap_or(u64::MAX);
             if f.from_ms.is_some() || f.to_ms.is_some() {
                 let lo = f.from_ms.unwrap_or(i64::MIN);
@@ -243,31 +252,15 @@ impl Store {
                 // limit: memory stays bounded however wide the range is.
                 for row in idx.range((project, lo, 0)..(project, to, 0))?.rev() {
                     let (k, uuid) = row?;
-                    if k.value().2 > hi {
-                        continue;
-                    }
-                    if let Some(v) = tasks.get(uuid.value())? {
-                        let t: Task = from_json(v.value())?;
-                        if f.matches(&t) {
-                            out.push(t);
-                            if out.len() >= f.limit {
-                                break;
-                            }
-                        }
+                    if k.value().2 <= hi && keep(uuid.value())? {
+                        break;
                     }
                 }
-                return Ok(out);
-            }
-            let idx = tx.open_table(TASK_INDEX)?;
-            for row in idx.range((project, 0)..=(project, hi))?.rev() {
-                let (_, uuid) = row?;
-                if let Some(v) = tasks.get(uuid.value())? {
-                    let t: Task = from_json(v.value())?;
-                    if f.matches(&t) {
-                        out.push(t);
-                        if out.len() >= f.limit {
-                            break;
-                        }
+            } else {
+                let idx = tx.open_table(TASK_INDEX)?;
+                for row in idx.range((project, 0)..=(project, hi))?.rev() {
+                    if keep(row?.1.value())? {
+                        break;
                     }
                 }
             }
@@ -287,9 +280,8 @@ impl Store {
             let tasks = tx.open_table(TASKS)?;
             let mut out = Vec::new();
             for row in idx.range((project, from, 0)..(project, to, 0))? {
-                let (_, uuid) = row?;
-                if let Some(v) = tasks.get(uuid.value())? {
-                    out.push(from_json(v.value())?);
+                if let Some(t) = get_json(&tasks, row?.1.value())? {
+                    out.push(t);
                 }
             }
             Ok(out)
