@@ -1,4 +1,6 @@
-//! Harnesses for the end-to-end tests: a real `jobxd` process and real sshd servers.
+//! Harnesses for the end-to-end tests: a real `jobxd` process, real sshd
+//! servers and a real headless Chromium.
+pub mod browser;
 pub mod daemon;
 pub mod flow;
 pub mod sshd;
