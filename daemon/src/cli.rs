@@ -8,6 +8,7 @@ jobxd - run jobs on fleets of hosts in batches
 
 usage: jobxd [options]
        jobxd backup [--config PATH] --to FILE
+       jobxd token new NAME --role PROJECT=ROLE [--role ...]
 
 options:
   --config PATH     configuration file (default: the embedded default config)
@@ -22,6 +23,12 @@ backup:
   store and writes it to FILE. The token is JOBX_TOKEN, else a configured
   token with admin on \"*\", else <data_dir>/admin.token. To restore, stop
   jobxd and put FILE in place as <data_dir>/jobx.redb.
+
+token new:
+  Prints a fresh random token and the [[auth.tokens]] lines (with its
+  sha256, not the token) to add to jobxd.toml. PROJECT is a project id or
+  \"*\" (every project); ROLE is read, write, control or admin.
+  Example: jobxd token new deploy-bot --role '*=read' --role 7=control
 
 environment:
   RUST_LOG          log level: error, warn, info (default), debug, trace
@@ -39,12 +46,27 @@ pub struct Cli {
     pub backup: bool,
     /// `--to FILE` of `backup`.
     pub to: Option<PathBuf>,
+    /// `token new NAME`: the token's name.
+    pub token_new: Option<String>,
+    /// `--role PROJECT=ROLE` of `token new`, as given.
+    pub roles: Vec<String>,
 }
 
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
     let mut cli = Cli::default();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
+        if a == "token" {
+            if it.next().as_deref() != Some("new") {
+                return Err("usage: jobxd token new NAME --role PROJECT=ROLE".into());
+            }
+            let name = it
+                .next()
+                .filter(|n| !n.starts_with('-'))
+                .ok_or("token new needs a NAME")?;
+            cli.token_new = Some(name);
+            continue;
+        }
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (a.clone(), None),
@@ -63,12 +85,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             "--version" | "-V" => cli.version = true,
             "--help" | "-h" => cli.help = true,
             "backup" => cli.backup = true,
+            "--role" => cli.roles.push(value("--role")?),
             "--to" => cli.to = Some(PathBuf::from(value("--to")?)),
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
     if cli.backup && cli.to.is_none() && !cli.help {
         return Err("backup needs --to FILE".into());
+    }
+    if cli.token_new.is_some() && cli.roles.is_empty() {
+        return Err("token new needs at least one --role PROJECT=ROLE (e.g. --role '*=admin')".into());
+    }
+    if !cli.roles.is_empty() && cli.token_new.is_none() {
+        return Err("--role belongs to: jobxd token new NAME --role PROJECT=ROLE".into());
     }
     if cli.to.is_some() && !cli.backup {
         return Err("--to belongs to the backup command: jobxd backup --to FILE".into());
@@ -100,6 +129,17 @@ mod tests {
         assert!(p(&["--check-config"]).expect("ok").check_config);
         assert!(p(&["--listen"]).is_err());
         assert!(p(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn token_command() {
+        let c = p(&["token", "new", "bot", "--role", "*=read", "--role=7=control"]).expect("ok");
+        assert_eq!(c.token_new.as_deref(), Some("bot"));
+        assert_eq!(c.roles, vec!["*=read", "7=control"]);
+        assert!(p(&["token", "new", "bot"]).unwrap_err().contains("--role"));
+        assert!(p(&["token", "new"]).unwrap_err().contains("NAME"));
+        assert!(p(&["token", "old", "x"]).is_err());
+        assert!(p(&["--role", "*=read"]).is_err());
     }
 
     #[test]

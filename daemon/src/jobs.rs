@@ -94,8 +94,8 @@ fn one_of(
     }
 }
 
-/// Validates the `steps` array of a job. `known` lists loaded custom plugin
-/// types; `old` is the stored job's steps, whose uuids are kept when a
+/// Validates the `steps` array of a job. `known` lists the types of the
+/// loaded executor plugins (`approval` is built in); `old` is the stored job's steps, whose uuids are kept when a
 /// submitted step carries one of them.
 pub fn validate_steps(
     steps: &Value,
@@ -132,15 +132,36 @@ pub fn validate_steps(
     Ok(out)
 }
 
+/// Fields every step may carry.
+const COMMON_FIELDS: [&str; 6] = ["uuid", "name", "plugin", "timeout", "action", "batches"];
+
+/// Refuses fields the step's plugin and kind do not use (a custom plugin's
+/// step carries its own parameters, so anything goes there).
+fn check_fields(m: &Map<String, Value>, at: &str, plugin: &str) -> Result<(), String> {
+    let own: &[&str] = match (plugin, m.get("kind").and_then(Value::as_str)) {
+        ("approval", _) => &["approvers", "message", "everyone"],
+        (p, _) if !BUILTIN_TYPES.contains(&p) => return Ok(()),
+        (_, Some("scp")) => &["kind", "src", "dst", "chmod", "chown", "delete", "user"],
+        _ => &["kind", "script", "interpreter", "args", "user", "env"],
+    };
+    let known: Vec<&str> = COMMON_FIELDS.iter().chain(own).copied().collect();
+    crate::fields::check_known(m, &known, at)
+}
+
 fn validate_step(
     m: &Map<String, Value>,
     at: &str,
     known: &BTreeSet<String>,
 ) -> Result<Step, String> {
     let plugin = get_str(m, at, "plugin")?.ok_or_else(|| format!("{at}.plugin: missing"))?;
-    if !BUILTIN_TYPES.contains(&plugin.as_str()) && !known.contains(&plugin) {
-        return Err(format!("{at}.plugin: unknown plugin type {plugin:?}"));
+    if plugin != "approval" && !known.contains(&plugin) {
+        let loaded: Vec<&str> = known.iter().map(String::as_str).collect();
+        return Err(format!(
+            "{at}.plugin: no plugin of type {plugin:?} is loaded (loaded: {}, and approval)",
+            if loaded.is_empty() { "none".to_string() } else { loaded.join(", ") }
+        ));
     }
+    check_fields(m, at, &plugin)?;
     let name = get_str(m, at, "name")?.unwrap_or_else(|| plugin.clone());
     check_name(&format!("{at}.name"), &name)?;
     let action = one_of(
@@ -323,7 +344,8 @@ mod tests {
 
     fn run(v: Value) -> Result<Vec<Step>, String> {
         let mut n = 0;
-        validate_steps(&v, &BTreeSet::new(), &[], &mut || {
+        let loaded = ["ssh", "local", "agent-pull"].map(String::from).into();
+        validate_steps(&v, &loaded, &[], &mut || {
             n += 1;
             format!("{n:0>12}")
         })
@@ -347,7 +369,7 @@ mod tests {
             (json!({}), "steps: must be an array"),
             (
                 json!([{"plugin": "nope", "script": "x"}]),
-                "steps[0].plugin: unknown plugin type \"nope\"",
+                "steps[0].plugin: no plugin of type \"nope\" is loaded (loaded: agent-pull, local, ssh, and approval)",
             ),
             (json!([{"plugin": "local"}]), "steps[0].script: missing"),
             (

@@ -81,6 +81,9 @@ pub struct Job {
     pub name: String,
     pub steps: Vec<Step>,
     pub edit_time: i64,
+    /// Rollout policy of the job's tasks (task variables win over it).
+    #[serde(default, skip_serializing_if = "crate::policy::Policy::is_default")]
+    pub policy: crate::policy::Policy,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,6 +96,10 @@ pub struct Group {
     /// The group text (`node` for list groups, `percent` for percent groups).
     pub text: String,
     pub edit_time: i64,
+    /// Label selector applied to the inventory before the batching rule
+    /// (`labels::Selector`); empty = every node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub labels: String,
 }
 
 impl Group {
@@ -104,6 +111,7 @@ impl Group {
             "note": self.note,
             "group_type": self.group_type,
             "edit_time": crate::clock::local(self.edit_time),
+            "labels": self.labels,
         });
         let field = if self.group_type == "list" {
             "node"
@@ -146,6 +154,35 @@ impl OpLog {
     }
 }
 
+/// What a task waits for a person to do (the `waiting` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitKind {
+    /// A failed batch waits in `WaitConfirm`.
+    Confirm,
+    /// An approval step waits for its approvers.
+    Approval,
+    /// A finished deploy with `_rollbackVersion_` waits for rollback / norollback.
+    RollbackDecision,
+}
+
+impl WaitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitKind::Confirm => "confirm",
+            WaitKind::Approval => "approval",
+            WaitKind::RollbackDecision => "rollback_decision",
+        }
+    }
+}
+
+/// What a task waits for, and on which batch or approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub kind: WaitKind,
+    /// The batch uuid (confirm) or approval uuid (approval).
+    pub on: Option<String>,
+}
+
 /// A task status after which nothing runs any more.
 pub fn is_final(status: &str) -> bool {
     matches!(status, "success" | "fail" | "refuse")
@@ -185,6 +222,9 @@ pub struct Task {
     /// Rollback decision of a deploy: "" (none expected), "pending",
     /// "rollback" or "norollback".
     pub decision: String,
+    /// Failure tolerance, canary gates and pacing, parsed at creation.
+    #[serde(default)]
+    pub policy: crate::policy::Policy,
 }
 
 impl Task {
@@ -198,7 +238,29 @@ impl Task {
         Some(format!("{:.3}", (end - start).max(0) as f64 / 1000.0))
     }
 
-    pub fn to_api(&self) -> serde_json::Value {
+    /// The uuid of the partner task: the rollback of a deploy that was
+    /// rolled back, the deploy of a rollback.
+    pub fn partner(&self) -> Option<String> {
+        if self.action == "rollback" {
+            let mut u = self.uuid.clone();
+            let last = u.pop()?;
+            u.push(last.to_ascii_lowercase());
+            Some(u)
+        } else if self.decision == "rollback" {
+            Some(crate::ids::rollback_of(&self.uuid))
+        } else {
+            None
+        }
+    }
+
+    /// The task as the API shows it; `waiting` is derived by the engine.
+    pub fn to_api(&self, waiting: Option<&Waiting>) -> serde_json::Value {
+        let partner = self.partner();
+        let (rollback_uuid, deploy_uuid) = if self.action == "rollback" {
+            (None, partner)
+        } else {
+            (partner, None)
+        };
         serde_json::json!({
             "id": self.id,
             "projectid": self.projectid,
@@ -215,7 +277,17 @@ impl Task {
             "runtime": self.runtime(),
             "calltype": self.calltype,
             "reason": self.reason,
-            "variable": self.variable,
+            "variable": crate::vars::yaml_text(&self.variable),
+            "variables": self.variable,
+            "waiting": waiting.map(|w| w.kind.as_str()),
+            "waiting_on": waiting.and_then(|w| w.on.clone()),
+            "action": self.action,
+            "decision": self.decision,
+            "rollback_uuid": rollback_uuid,
+            "deploy_uuid": deploy_uuid,
+            "batches": self.batches,
+            "stopped_by": self.stopped_by,
+            "policy": self.policy,
         })
     }
 }
@@ -224,6 +296,10 @@ impl Task {
 /// skips the task's job and node snapshots.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TaskSummary {
+    #[serde(default)]
+    pub uuid: String,
+    #[serde(default)]
+    pub decision: String,
     pub status: String,
     pub created_ms: i64,
     pub start_ms: Option<i64>,
@@ -280,6 +356,9 @@ impl Subtask {
             "status": self.status,
             "confirm": self.confirm,
             "reason": self.reason,
+            "idx": self.idx,
+            "nodes": self.nodes,
+            "failed_nodes": self.failed_nodes,
         })
     }
 }

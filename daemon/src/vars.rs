@@ -78,6 +78,56 @@ pub fn split_args(args: &str) -> Result<Vec<String>, String> {
     shlex::split(args).ok_or_else(|| "unbalanced quotes".to_string())
 }
 
+/// The variables as YAML text, the form OPEN-C3 stores and its front end
+/// scans with patterns such as `version: (\S+)`: one `name: value` line each,
+/// plain scalars where YAML reads them back unchanged, quoted otherwise.
+pub fn yaml_text(variable: &Value) -> String {
+    let Some(obj) = variable.as_object().filter(|o| !o.is_empty()) else {
+        return "--- {}\n".into();
+    };
+    let mut out = String::from("---\n");
+    for (k, v) in obj {
+        let value = match v {
+            Value::String(s) => yaml_scalar(s),
+            Value::Null => "~".into(),
+            Value::Number(_) | Value::Bool(_) => v.to_string(),
+            // JSON is valid YAML flow syntax.
+            other => other.to_string(),
+        };
+        out.push_str(&yaml_scalar(k));
+        out.push_str(": ");
+        out.push_str(&value);
+        out.push('\n');
+    }
+    out
+}
+
+fn yaml_scalar(s: &str) -> String {
+    let special_word = matches!(
+        s.to_ascii_lowercase().as_str(),
+        "~" | "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n"
+    );
+    let numeric = s.parse::<f64>().is_ok() && s.parse::<i64>().is_err()
+        || s.starts_with('0') && s.len() > 1 && s.bytes().all(|b| b.is_ascii_digit());
+    let plain = !s.is_empty()
+        && !special_word
+        && !numeric
+        && s.trim() == s
+        && !s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@`".contains(c))
+        && !s.contains(": ")
+        && !s.contains(" #")
+        && !s.ends_with(':')
+        && !s.chars().any(char::is_control);
+    if plain {
+        s.to_string()
+    } else if s.chars().any(char::is_control) {
+        // A JSON string is a valid YAML double-quoted scalar.
+        Value::String(s.to_string()).to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +170,21 @@ mod tests {
         assert!(normalize(Some(&json!({ "a": big })))
             .unwrap_err()
             .contains("variable.a"));
+    }
+
+    #[test]
+    fn yaml_text_as_openc3_scans_it() {
+        assert_eq!(yaml_text(&json!({})), "--- {}\n");
+        assert_eq!(yaml_text(&Value::Null), "--- {}\n");
+        assert_eq!(
+            yaml_text(&json!({"version": "2.4.1", "_rollbackVersion_": "2.4.0", "n": 3})),
+            "---\n_rollbackVersion_: 2.4.0\nn: 3\nversion: 2.4.1\n"
+        );
+        assert_eq!(
+            yaml_text(&json!({"a": "", "b": "true", "c": "x: y", "d": "it's", "e": "1.5", "f": "l1\nl2", "g": "007"})),
+            "---\na: ''\nb: 'true'\nc: 'x: y'\nd: it's\ne: '1.5'\nf: \"l1\\nl2\"\ng: '007'\n"
+        );
+        assert_eq!(yaml_text(&json!({"x": "-v"})), "---\nx: '-v'\n");
     }
 
     #[test]

@@ -34,9 +34,16 @@ async fn run<T: Send + 'static>(
 
 async fn node_list(req: Req) -> Result<Reply> {
     let (pid, _) = project(&req, Role::Read)?;
+    let q = query(&req)?;
+    let sel = crate::labels::Selector::parse_opt(q.get("label").map_or("", String::as_str))
+        .map_err(|e| Error::Bad(format!("label: {e}")))?;
     let nodes = run(req.state(), move |s| s.nodes(pid)).await?;
     Ok(Reply::Data(Value::Array(
-        nodes.iter().map(Node::to_api).collect(),
+        nodes
+            .iter()
+            .filter(|n| sel.as_ref().is_none_or(|s| s.matches(&n.labels)))
+            .map(Node::to_api)
+            .collect(),
     )))
 }
 
@@ -44,6 +51,7 @@ fn parse_node(v: &Value, at: &str) -> Result<Node> {
     let Value::Object(m) = v else {
         return Err(Error::Bad(format!("{at}: must be an object")));
     };
+    known_fields(m, &["name", "host", "port", "user", "labels"], at)?;
     let field = |k: &str| -> Result<Option<String>> {
         match m.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -119,6 +127,7 @@ fn parse_node(v: &Value, at: &str) -> Result<Node> {
 async fn node_upsert(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Write)?;
     let b = body(&mut req).await?;
+    known_fields(&b, &["nodes"], "")?;
     let Some(Value::Array(items)) = b.get("nodes") else {
         return Err(Error::Bad(
             "nodes: must be an array of {name, host?, port?, user?, labels?}".into(),
@@ -156,7 +165,7 @@ async fn node_delete(req: Req) -> Result<Reply> {
 }
 
 fn job_api(j: &Job) -> Value {
-    json!({"name": j.name, "steps": j.steps, "edit_time": crate::clock::local(j.edit_time)})
+    json!({"name": j.name, "steps": j.steps, "edit_time": crate::clock::local(j.edit_time), "policy": j.policy})
 }
 
 async fn job_list(req: Req) -> Result<Reply> {
@@ -178,9 +187,13 @@ async fn job_get(req: Req) -> Result<Reply> {
 async fn job_put(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Write)?;
     let b = body(&mut req).await?;
+    // `edit_time` comes back in a job read with GET; it is ignored.
+    known_fields(&b, &["name", "steps", "edit_time", "policy"], "")?;
     let name = req_str(&b, "name")?;
     crate::jobs::check_name("name", &name).map_err(Error::Bad)?;
     let steps = b.get("steps").cloned().unwrap_or(Value::Null);
+    let policy = crate::policy::Policy::from_job(b.get("policy").unwrap_or(&Value::Null))
+        .map_err(Error::Bad)?;
     let known = req.state().plugin_types();
     let job = run(req.state(), move |s| {
         s.put_job(pid, &who.name, &name.clone(), |old| {
@@ -192,6 +205,7 @@ async fn job_put(mut req: Req) -> Result<Reply> {
                 name,
                 steps,
                 edit_time: crate::clock::now_ms(),
+                policy,
             })
         })
     })
@@ -248,6 +262,8 @@ fn group_from_body(pid: u64, b: &Map<String, Value>) -> Result<Group> {
         return Err(Error::Bad(format!("{field}: longer than 100000 bytes")));
     }
     batching::parse(ty, &text).map_err(|e| Error::Bad(format!("{field}: {e}")))?;
+    let labels = opt_str(b, "labels")?.unwrap_or_default().trim().to_string();
+    crate::labels::Selector::parse_opt(&labels).map_err(|e| Error::Bad(format!("labels: {e}")))?;
     Ok(Group {
         id: 0,
         projectid: pid,
@@ -256,6 +272,7 @@ fn group_from_body(pid: u64, b: &Map<String, Value>) -> Result<Group> {
         group_type: ty.as_str().to_string(),
         text,
         edit_time: crate::clock::now_ms(),
+        labels,
     })
 }
 

@@ -71,10 +71,23 @@ async fn forward(req: &mut Req) -> Result<tide::Response> {
             }),
         )
         .map_err(Error::NotFound)?;
-    let resp = rx
-        .recv()
-        .await
-        .map_err(|_| Error::Internal(format!("plugin {ty} did not answer")))?;
+    // A held request (an agent's long-poll) is released when the daemon
+    // stops, so that shutdown does not wait for it; agents retry.
+    let answer = async { Some(rx.recv().await) }
+        .or(async {
+            crate::ops::stopping().await;
+            None
+        })
+        .await;
+    let Some(answer) = answer else {
+        let mut r = tide::Response::new(503);
+        r.insert_header("retry-after", "1");
+        r.insert_header("connection", "close");
+        r.set_content_type(tide::http::mime::JSON);
+        r.set_body(json!({"stat": false, "info": "jobxd is stopping; retry"}).to_string());
+        return Ok(r);
+    };
+    let resp = answer.map_err(|_| Error::Internal(format!("plugin {ty} did not answer")))?;
     // A plugin's answer is untrusted: a bad status or header must not panic the host.
     let status = tide::StatusCode::try_from(resp.status).unwrap_or(tide::StatusCode::BadGateway);
     let mut r = tide::Response::new(status);

@@ -72,7 +72,7 @@ async fn task_create(mut req: Req) -> Result<Reply> {
         group: opt_str(&b, "group")?,
         variable,
         uuid: opt_str(&b, "uuid")?,
-        calltype: "api".into(),
+        calltype: who.calltype().into(),
     };
     let task = run(req.state(), move |app| {
         let (task, subs) = app.engine.plan(&who, &new)?;
@@ -80,7 +80,7 @@ async fn task_create(mut req: Req) -> Result<Reply> {
     })
     .await?;
     Ok(Reply::Body(
-        json!({"stat": true, "uuid": task.uuid, "data": task.to_api()}),
+        json!({"stat": true, "uuid": task.uuid, "data": task.to_api(None)}),
     ))
 }
 
@@ -115,12 +115,14 @@ async fn task_list(req: Req) -> Result<Reply> {
     };
     let status = q.get("status").filter(|s| !s.is_empty()).cloned();
     if let Some(s) = &status {
-        if !["init", "running", "success", "fail", "refuse"].contains(&s.as_str()) {
+        if !["init", "running", "success", "fail", "refuse", "waiting"].contains(&s.as_str()) {
             return Err(Error::Bad(format!(
-                "status: {s:?} is not init, running, success, fail or refuse"
+                "status: {s:?} is not init, running, success, fail, refuse or waiting"
             )));
         }
     }
+    let waiting = status.as_deref() == Some("waiting");
+    let status = status.filter(|_| !waiting);
     let f = TaskFilter {
         name: q.get("name").filter(|s| !s.is_empty()).cloned(),
         user: q.get("user").filter(|s| !s.is_empty()).cloned(),
@@ -131,10 +133,18 @@ async fn task_list(req: Req) -> Result<Reply> {
         before_id,
         limit: parse_limit(&q, 1000, 10_000)?,
     };
-    let tasks = run(req.state(), move |app| app.store.tasks(pid, &f)).await?;
-    Ok(Reply::Data(Value::Array(
-        tasks.iter().map(Task::to_api).collect(),
-    )))
+    let rows = run(req.state(), move |app| {
+        let mut tasks = if waiting {
+            app.engine.waiting_tasks(pid, &f)?
+        } else {
+            app.store.tasks(pid, &f)?
+        };
+        // The newest `limit` rows, in ascending id as OPEN-C3 answers them.
+        tasks.reverse();
+        app.engine.tasks_json(pid, &tasks)
+    })
+    .await?;
+    Ok(Reply::Data(Value::Array(rows)))
 }
 
 async fn task_count(req: Req) -> Result<Reply> {
@@ -142,7 +152,7 @@ async fn task_count(req: Req) -> Result<Reply> {
     let now = crate::clock::now_ms();
     let tasks = run(req.state(), move |app| {
         app.store
-            .tasks_between(pid, crate::clock::month_start(now), i64::MAX)
+            .tasks_between::<crate::model::TaskSummary>(pid, crate::clock::month_start(now), i64::MAX)
     })
     .await?;
     let mut counts: BTreeMap<String, u64> = ["success", "running", "fail"]
@@ -158,8 +168,12 @@ async fn task_count(req: Req) -> Result<Reply> {
 async fn task_get(req: Req) -> Result<Reply> {
     let (pid, _) = project(&req, Role::Read)?;
     let uuid = param(&req, "uuid")?.to_string();
-    let t = run(req.state(), move |app| app.engine.task_in(pid, &uuid)).await?;
-    Ok(Reply::Data(t.to_api()))
+    let t = run(req.state(), move |app| {
+        let t = app.engine.task_in(pid, &uuid)?;
+        app.engine.task_json(&t)
+    })
+    .await?;
+    Ok(Reply::Data(t))
 }
 
 async fn task_stop(req: Req) -> Result<Reply> {
@@ -206,6 +220,7 @@ async fn subtask_confirm(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Control)?;
     let uuid = param(&req, "subtaskuuid")?.to_string();
     let b = body(&mut req).await?;
+    known_fields(&b, &["action"], "")?;
     let retry = match opt_str(&b, "action")?.as_deref() {
         None | Some("") | Some("continue") => false,
         Some("retry") => true,
@@ -234,6 +249,7 @@ async fn approval_decide(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Read)?;
     let uuid = param(&req, "uuid")?.to_string();
     let b = body(&mut req).await?;
+    known_fields(&b, &["opinion"], "")?;
     let agree = match opt_str(&b, "opinion")?.as_deref() {
         Some("agree") => true,
         Some("refuse") => false,

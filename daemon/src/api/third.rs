@@ -55,6 +55,7 @@ fn new_task(b: &Map<String, Value>, pid: u64, uuid: String) -> Result<NewTask> {
             "params: must be an object {jobname, group, variable?}".into(),
         ));
     };
+    known_fields(params, &["jobname", "group", "variable"], "params")?;
     Ok(NewTask {
         project: pid,
         jobname: req_str(params, "jobname").map_err(|e| Error::Bad(format!("params.{e}")))?,
@@ -86,7 +87,8 @@ async fn write_request(req: &mut Req) -> Result<(Principal, String, NewTask)> {
     let pid = project_id(&b)?;
     let who = authorize(who, pid, Role::Write)?;
     let uuid = task_uuid(&b)?;
-    let new = new_task(&b, pid, uuid.clone())?;
+    let mut new = new_task(&b, pid, uuid.clone())?;
+    new.calltype = who.calltype().into();
     Ok((who, uuid, new))
 }
 
@@ -138,7 +140,7 @@ async fn invoke(mut req: Req) -> Result<Reply> {
     })
     .await?;
     Ok(Reply::Body(match created {
-        Some(t) => json!({"stat": true, "uuid": uuid, "data": t.to_api()}),
+        Some(t) => json!({"stat": true, "uuid": uuid, "data": t.to_api(None)}),
         None => {
             json!({"stat": true, "uuid": uuid, "info": "This task has been successfully created"})
         }

@@ -6,11 +6,12 @@
 //! state and acts on it; so a restarted daemon resumes from the same rows.
 
 pub mod plan;
+mod view;
 mod runner;
 
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
-use crate::logs::LogWriter;
+use crate::logs::{Keys, LogWriter};
 use crate::model::{Approval, Group, Node, Subtask, Task};
 use crate::store::Store;
 use event_listener::Event;
@@ -27,6 +28,8 @@ pub struct Engine {
     pub plugins: Arc<PluginSet>,
     pub logs: LogWriter,
     pub metrics: crate::metrics::Metrics,
+    /// Webhooks: events are queued in the transaction of their change.
+    pub notify: Arc<crate::notify::Notifier>,
     max_parallel: usize,
     max_log_bytes: u64,
     data_dir: String,
@@ -72,6 +75,7 @@ impl Engine {
             plugins,
             logs,
             metrics: Default::default(),
+            notify: Arc::new(crate::notify::Notifier::new(&cfg.notify, slave.clone())),
             max_parallel: cfg.engine.max_parallel,
             max_log_bytes: cfg.logs.max_bytes_per_step,
             data_dir: cfg.storage.data_dir.display().to_string(),
@@ -164,6 +168,8 @@ impl Engine {
             }
         }
         plan::check_step_vars(&job.steps, &vars).map_err(Error::Bad)?;
+        let policy =
+            crate::policy::Policy::resolve(&vars, &job.policy, batches.len()).map_err(Error::Bad)?;
         let decision = match vars.get("_rollbackVersion_") {
             Some(v) if !v.is_empty() => "pending",
             _ => "",
@@ -191,6 +197,7 @@ impl Engine {
             action: "deploy".into(),
             stopped_by: None,
             decision: decision.into(),
+            policy,
         };
         let subs = batches
             .into_iter()
@@ -324,6 +331,12 @@ impl Engine {
             Ok(true)
         })?;
         if stopped {
+            self.logs.append(
+                &Keys::task(uuid),
+                "",
+                "info",
+                &format!("stopped by {}", who.name),
+            );
             lock(&self.stopping).insert(uuid.to_string());
             let handles: Vec<RunHandle> = lock(&self.runs)
                 .get(uuid)
@@ -367,6 +380,11 @@ impl Engine {
                     s.confirm.as_deref().unwrap_or("none")
                 )));
             }
+            if retry && s.status == "success" {
+                return Err(Error::Conflict(format!(
+                    "batch {sub_uuid} passed and waits at a canary gate: continue, or stop the task"
+                )));
+            }
             if retry {
                 s.confirm = Some(format!("retried by {}", who.name));
                 s.retry = true;
@@ -388,6 +406,13 @@ impl Engine {
             tx.put_subtask(&s)?;
             Ok(t.uuid)
         })?;
+        let what = if retry { "retried" } else { "confirmed" };
+        self.logs.append(
+            &Keys::batch(&task_uuid, sub_uuid),
+            "",
+            "info",
+            &format!("{what} by {}", who.name),
+        );
         self.wake(&task_uuid);
         Ok(())
     }
@@ -430,8 +455,16 @@ impl Engine {
                 "APPROVAL",
                 &format!("task {} approval {uuid} {opinion}", a.taskuuid),
             )?;
-            Ok(a.taskuuid)
+            Ok((a.taskuuid, a.subtaskuuid))
         })?;
+        let (task, sub) = task;
+        let what = if agree { "agreed" } else { "refused" };
+        self.logs.append(
+            &Keys::batch(&task, &sub),
+            "",
+            "info",
+            &format!("{what} by {}", who.name),
+        );
         self.wake(&task);
         Ok(())
     }
@@ -470,6 +503,11 @@ impl Engine {
             )?;
             Ok(Some(rb.uuid))
         })?;
+        let text = match &created {
+            Some(rb) => format!("rollback decided by {}: task {rb}", who.name),
+            None => format!("no rollback, decided by {}", who.name),
+        };
+        self.logs.append(&Keys::task(uuid), "", "info", &text);
         if let Some(rb) = &created {
             self.spawn_runner(rb.clone());
         }
@@ -508,6 +546,21 @@ impl Engine {
                         s.failed_nodes = s.nodes.clone();
                     }
                     tx.put_subtask(&s)?;
+                    let then = if s.waiting() {
+                        "waits for confirmation"
+                    } else {
+                        "the task ends (_exit_)"
+                    };
+                    self.logs.append(
+                        &Keys::batch(uuid, &s.uuid),
+                        "",
+                        "info",
+                        &format!(
+                            "batch {}/{} interrupted by daemon restart; {then}",
+                            s.idx + 1,
+                            t.batches
+                        ),
+                    );
                 }
                 // The interrupted batch's approval is no longer awaited.
                 for mut a in tx.pending_approvals(t.projectid)? {
@@ -656,6 +709,7 @@ fn rollback_task(d: &Task, subs: &[Subtask], uuid: &str, who: &Principal) -> (Ta
         action: "rollback".into(),
         stopped_by: None,
         decision: String::new(),
+        policy: d.policy.clone(),
     };
     let subs = started
         .into_iter()
@@ -687,6 +741,33 @@ pub fn compute_batches(
         }
         others.insert(other, store.node_names(other)?);
     }
-    let inventory = store.node_names(pid)?;
-    Ok(rule.batches(&inventory, &|p| others.get(&p).cloned().unwrap_or_default()))
+    let Some(sel) = crate::labels::Selector::parse_opt(&g.labels)
+        .map_err(|e| Error::Internal(format!("stored group {}: labels: {e}", g.id)))?
+    else {
+        let inventory = store.node_names(pid)?;
+        return Ok(rule.batches(&inventory, &|p| others.get(&p).cloned().unwrap_or_default()));
+    };
+    // The selector picks from the inventory before the batching rule runs;
+    // list groups keep their named nodes that match (and those not in the
+    // inventory, which the task then refuses by name).
+    let all = store.nodes(pid)?;
+    let matched: Vec<String> = all
+        .iter()
+        .filter(|n| sel.matches(&n.labels))
+        .map(|n| n.name.clone())
+        .collect();
+    let batches = rule.batches(&matched, &|p| others.get(&p).cloned().unwrap_or_default());
+    if ty != crate::batching::GroupType::List {
+        return Ok(batches);
+    }
+    let by_name: BTreeMap<&str, &Node> = all.iter().map(|n| (n.name.as_str(), n)).collect();
+    Ok(batches
+        .into_iter()
+        .map(|b| {
+            b.into_iter()
+                .filter(|n| by_name.get(n.as_str()).is_none_or(|node| sel.matches(&node.labels)))
+                .collect::<Vec<_>>()
+        })
+        .filter(|b| !b.is_empty())
+        .collect())
 }

@@ -1,7 +1,7 @@
 //! Pure decisions of the runner: step filters, the environment a step
 //! sees, the final status of a task.
 
-use crate::model::{Step, Subtask, Task};
+use crate::model::{Approval, Step, Subtask, Task, WaitKind, Waiting};
 use std::collections::BTreeMap;
 
 /// Does `step` run in batch `idx` (0-based) of `total` for this action?
@@ -35,17 +35,43 @@ pub fn batch_vars(task: &Task, sub: &Subtask) -> BTreeMap<String, String> {
     v
 }
 
+/// The context every step of a batch sees, besides `JOBX_NODE`: in its
+/// environment and as `${JOBX_…}` in `args`, `src`, `dst` and `message`.
+pub fn context_vars(task: &Task, sub: &Subtask) -> BTreeMap<String, String> {
+    let mut v = batch_vars(task, sub);
+    v.insert("JOBX_TASK".into(), task.uuid.clone());
+    v.insert("JOBX_SUBTASK".into(), sub.uuid.clone());
+    v.insert("JOBX_BATCH".into(), (sub.idx + 1).to_string());
+    v.insert("JOBX_BATCHES".into(), task.batches.to_string());
+    v.insert("JOBX_ACTION".into(), task.action.clone());
+    v
+}
+
+/// Names that always resolve in `${…}` (set by jobx, not by the task).
+const CONTEXT_NAMES: [&str; 7] = [
+    "ip",
+    "JOBX_NODE",
+    "JOBX_TASK",
+    "JOBX_SUBTASK",
+    "JOBX_BATCH",
+    "JOBX_BATCHES",
+    "JOBX_ACTION",
+];
+
+/// Whether a step's substituted fields differ per node (`${JOBX_NODE}`).
+pub fn uses_node(step: &Step) -> bool {
+    [step.args.as_deref(), step.src.as_deref(), step.dst.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|t| crate::vars::references(t).iter().any(|n| n == "JOBX_NODE"))
+}
+
 /// The environment a step process gets on every node of the batch: the
-/// step's `env`, the task variables (they win over step env), and the
-/// JOBX_* context except `JOBX_NODE`, which the caller adds per node.
+/// step's `env`, then the task variables and the JOBX_* context (they win
+/// over step env); the caller adds `JOBX_NODE` per node.
 pub fn step_env(task: &Task, sub: &Subtask, step: &Step) -> BTreeMap<String, String> {
     let mut env = step.env.clone();
-    env.extend(batch_vars(task, sub));
-    env.insert("JOBX_TASK".into(), task.uuid.clone());
-    env.insert("JOBX_SUBTASK".into(), sub.uuid.clone());
-    env.insert("JOBX_BATCH".into(), (sub.idx + 1).to_string());
-    env.insert("JOBX_BATCHES".into(), task.batches.to_string());
-    env.insert("JOBX_ACTION".into(), task.action.clone());
+    env.extend(context_vars(task, sub));
     env
 }
 
@@ -60,7 +86,7 @@ pub fn check_step_vars(steps: &[Step], vars: &BTreeMap<String, String>) -> Resul
         ];
         for (field, text) in fields {
             for name in crate::vars::references(text.unwrap_or("")) {
-                if name != "ip" && !vars.contains_key(&name) {
+                if !CONTEXT_NAMES.contains(&name.as_str()) && !vars.contains_key(&name) {
                     return Err(format!(
                         "variable: step {} ({:?}) uses ${{{name}}} in {field}, which the task does not define",
                         i + 1,
@@ -76,7 +102,9 @@ pub fn check_step_vars(steps: &[Step], vars: &BTreeMap<String, String>) -> Resul
 /// Is this batch settled so the task may move past it?
 pub fn batch_settled(s: &Subtask) -> bool {
     match s.status.as_str() {
-        "success" | "cancel" => true,
+        // A passed batch at a canary gate waits like a failed one.
+        "success" => !s.waiting(),
+        "cancel" => true,
         "fail" => s
             .confirm
             .as_deref()
@@ -95,6 +123,39 @@ pub fn final_status(subs: &[Subtask], stopped: bool) -> &'static str {
     } else {
         "fail"
     }
+}
+
+/// What a task waits for a person to do, derived from its batches, its
+/// pending approvals and its rollback decision (`rollback_open`: whether a
+/// decision is still accepted, see `check_rollback_allowed`).
+pub fn waiting(
+    task: &Task,
+    subs: &[Subtask],
+    approvals: &[Approval],
+    rollback_open: bool,
+) -> Option<Waiting> {
+    if task.is_finished() {
+        return rollback_open.then_some(Waiting {
+            kind: WaitKind::RollbackDecision,
+            on: None,
+        });
+    }
+    if task.stopped_by.is_some() {
+        return None;
+    }
+    if let Some(s) = subs.iter().find(|s| s.waiting()) {
+        return Some(Waiting {
+            kind: WaitKind::Confirm,
+            on: Some(s.uuid.clone()),
+        });
+    }
+    approvals
+        .iter()
+        .find(|a| a.taskuuid == task.uuid && a.status == "pending")
+        .map(|a| Waiting {
+            kind: WaitKind::Approval,
+            on: Some(a.uuid.clone()),
+        })
 }
 
 #[cfg(test)]

@@ -7,10 +7,13 @@ use super::{lock, plan, Engine};
 use crate::error::Result;
 use crate::logs::Keys;
 use crate::model::{Approval, Step, Subtask, Task};
+use crate::notify::Kind;
+use crate::policy::{NodeOutcome, Verdict};
 use event_listener::Event;
 use futures_lite::FutureExt;
 use jobx_plugin_api::host::RunSink;
 use jobx_plugin_api::{StepKind, StepRequest, StepResult, Stream};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,9 +81,42 @@ async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
                 return Ok(());
             }
             Next::Wait => listener.await,
-            Next::Run(sub) => run_batch(e, &task, *sub).await?,
+            Next::Run(sub) => {
+                if let Some(ms) = pacing(&task, &subs, &sub) {
+                    e.logs.append(
+                        &Keys::batch(&task.uuid, &sub.uuid),
+                        "",
+                        "info",
+                        &format!(
+                            "batch {}/{} starts in {:.1} s (_batch_wait_={})",
+                            sub.idx + 1,
+                            task.batches,
+                            ms as f64 / 1000.0,
+                            task.policy.batch_wait
+                        ),
+                    );
+                    // A stop (or any change) wakes the listener and ends the wait.
+                    listener
+                        .or(async {
+                            async_io::Timer::after(Duration::from_millis(ms)).await;
+                        })
+                        .await;
+                    continue;
+                }
+                run_batch(e, &task, *sub).await?
+            }
         }
     }
+}
+
+/// Milliseconds batch `sub` must still wait under `_batch_wait_` (not on a retry).
+fn pacing(task: &Task, subs: &[Subtask], sub: &Subtask) -> Option<u64> {
+    if sub.retry || sub.status != "init" {
+        return None;
+    }
+    let prev = subs.iter().find(|s| s.idx + 1 == sub.idx)?;
+    task.policy
+        .wait_before(sub.idx, prev.finish_ms, crate::clock::now_ms())
 }
 
 /// What the task does next, from its stored state.
@@ -111,9 +147,9 @@ fn next_step(task: &Task, subs: &[Subtask]) -> Next {
 /// released with "task stop", and the task gets its final status.
 fn finish(e: &Engine, uuid: &str) -> Result<()> {
     e.logs.flush();
-    e.store.tx(|tx| {
+    let t = e.store.tx(|tx| {
         let Some(mut t) = tx.task(uuid)? else {
-            return Ok(());
+            return Ok(None);
         };
         let mut subs = tx.subtasks(uuid)?;
         let stopped = t.stopped_by.clone();
@@ -149,8 +185,25 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
             // A refused deploy can not be rolled back.
             t.decision = String::new();
         }
-        tx.put_task(&t)
+        tx.put_task(&t)?;
+        e.notify.emit(tx, Kind::Finished, &t, None, None)?;
+        if t.decision == "pending" {
+            e.notify.emit(tx, Kind::RollbackDecision, &t, None, None)?;
+        }
+        Ok(Some(t))
     })?;
+    e.notify.kick();
+    if let Some(t) = t {
+        let mut text = format!("task finished: {}", t.status);
+        if !t.reason.is_empty() {
+            text.push_str(&format!(" ({})", t.reason));
+        }
+        if t.decision == "pending" {
+            text.push_str("; waits for a rollback decision (rollback or norollback)");
+        }
+        e.logs.append(&Keys::task(uuid), "", "info", &text);
+        e.logs.flush();
+    }
     e.logs.notify();
     log::info!("task {uuid} finished");
     Ok(())
@@ -202,6 +255,20 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
         reason: String::new(),
     };
     let mut failed_at = None;
+    let policy = &task.policy;
+    // Failed nodes of earlier batches count against `_tolerate_total_`.
+    let before = if policy.tolerate_total.is_some() {
+        let (tid, idx) = (task.uuid.clone(), sub.idx);
+        blocking(e, move |e| {
+            Ok(crate::policy::failed_before(&e.store.subtasks(&tid)?, idx))
+        })
+        .await?
+    } else {
+        0
+    };
+    // Nodes that failed in this batch and were tolerated sit out its later steps.
+    let mut batch_failed: Vec<String> = Vec::new();
+    let mut tolerated: Option<String> = None;
     for (i, step) in task.steps.iter().enumerate().skip(from) {
         let keys = Keys::new(&task.uuid, &sub.uuid, &step.uuid, &step.plugin);
         if !plan::step_applies(step, &task.action, sub.idx, task.batches) {
@@ -222,11 +289,20 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
             outcome.failed = sub.nodes.clone();
             break;
         }
-        let nodes = if retry && i == from {
+        let nodes: Vec<String> = if retry && i == from {
             retry_nodes.clone()
         } else {
-            sub.nodes.clone()
+            sub.nodes
+                .iter()
+                .filter(|n| !batch_failed.contains(n))
+                .cloned()
+                .collect()
         };
+        if nodes.is_empty() && step.plugin != "approval" {
+            e.logs
+                .append(&keys, "", "info", &format!("step {:?} skipped: no node left", step.name));
+            continue;
+        }
         e.logs.append(
             &keys,
             "",
@@ -256,20 +332,63 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
             "info",
             &format!("step {:?}: {result}", step.name),
         );
-        if o.refused || !o.failed.is_empty() {
+        // Approvals are not node failures: no tolerance applies to them.
+        if o.refused || (!o.failed.is_empty() && step.plugin == "approval") {
             outcome = o;
             failed_at = Some(i);
             break;
         }
+        if !o.failed.is_empty() {
+            batch_failed.extend(o.failed.iter().cloned());
+            let outcomes: Vec<NodeOutcome> = sub
+                .nodes
+                .iter()
+                .map(|n| {
+                    if batch_failed.contains(n) {
+                        NodeOutcome::Failed
+                    } else {
+                        NodeOutcome::Ok
+                    }
+                })
+                .collect();
+            let verdict = crate::policy::settle(policy, &outcomes, task.nodes.len(), before);
+            let why = verdict.reason(policy);
+            if let Verdict::Failed(_) = verdict {
+                outcome = StepOutcome {
+                    failed: batch_failed.clone(),
+                    refused: false,
+                    reason: match why {
+                        Some(w) => format!("{}; {w}", o.reason),
+                        None => o.reason,
+                    },
+                };
+                failed_at = Some(i);
+                break;
+            }
+            e.logs.append(
+                &batch_keys,
+                "",
+                "info",
+                &format!(
+                    "batch {}/{}: {}",
+                    sub.idx + 1,
+                    task.batches,
+                    why.clone().unwrap_or_default()
+                ),
+            );
+            tolerated = why;
+        }
     }
+    let gate = policy.gate_after(sub.idx + 1, task.batches);
     let task_uuid = task.uuid.clone();
     let sub_uuid = sub.uuid.clone();
     let exit = plan::exit_on_failure(&task.vars);
+    let batches = task.batches;
     blocking(e, move |e| {
         e.logs.flush();
-        e.store.tx(|tx| {
+        let waits = e.store.tx(|tx| {
             let Some(mut s) = tx.subtask(&sub_uuid)? else {
-                return Ok(());
+                return Ok(None);
             };
             let t = tx.task(&task_uuid)?;
             let stopped_by = t.as_ref().and_then(|t| t.stopped_by.clone());
@@ -281,7 +400,16 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                         s.confirm = Some(String::new());
                     }
                     s.failed_step = None;
-                    s.failed_nodes.clear();
+                    // Tolerated failures stay listed on the passed batch.
+                    s.failed_nodes = batch_failed.clone();
+                    s.reason = tolerated.clone().unwrap_or_default();
+                    if gate && stopped_by.is_none() {
+                        s.confirm = Some("WaitConfirm".into());
+                        s.reason = match tolerated.as_deref() {
+                            Some(t) => format!("canary gate; {t}"),
+                            None => "canary gate".into(),
+                        };
+                    }
                 }
                 Some(i) => {
                     s.failed_step = Some(i);
@@ -306,8 +434,35 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                     }
                 }
             }
-            tx.put_subtask(&s)
+            tx.put_subtask(&s)?;
+            if let Some(t) = &t {
+                if s.status == "fail" {
+                    e.notify.emit(tx, Kind::Failed, t, Some(&s), None)?;
+                }
+                if s.waiting() {
+                    e.notify.emit(tx, Kind::Waiting, t, Some(&s), None)?;
+                }
+            }
+            Ok(s.waiting().then(|| {
+                if s.status == "success" {
+                    return format!(
+                        "batch {}/{} passed; waits at a canary gate (_pause_after_): continue or stop",
+                        s.idx + 1,
+                        batches
+                    );
+                }
+                format!(
+                    "batch {}/{} failed ({}); waits for confirmation: continue, retry or stop",
+                    s.idx + 1,
+                    batches,
+                    s.reason
+                )
+            }))
         })?;
+        e.notify.kick();
+        if let Some(text) = waits {
+            e.logs.append(&Keys::batch(&task_uuid, &sub_uuid), "", "info", &text);
+        }
         // Followers of this batch's logs learn that it ended.
         e.logs.notify();
         Ok(())
@@ -355,6 +510,36 @@ impl RunSink for NodeSink {
     }
 }
 
+/// A step's executor work with `${…}` resolved from `vars`.
+fn step_kind(step: &Step, vars: &BTreeMap<String, String>) -> std::result::Result<StepKind, String> {
+    if step.kind.as_deref() == Some("scp") {
+        return Ok(StepKind::Scp {
+            src: crate::vars::substitute(step.src.as_deref().unwrap_or(""), vars)?,
+            dst: crate::vars::substitute(step.dst.as_deref().unwrap_or(""), vars)?,
+            chmod: step.chmod.clone(),
+            chown: step.chown.clone(),
+            delete: step.delete.unwrap_or(false),
+        });
+    }
+    let words = crate::vars::split_args(step.args.as_deref().unwrap_or(""))?;
+    let args = words
+        .iter()
+        .map(|w| crate::vars::substitute(w, vars))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(StepKind::Cmd {
+        script: step.script.clone().unwrap_or_default(),
+        interpreter: step.interpreter.clone().unwrap_or_else(|| "bash".into()),
+        args,
+    })
+}
+
+/// A step's request, prepared once per step. When the step uses
+/// `${JOBX_NODE}`, its work is resolved again per node from `node_vars`.
+struct Prepared {
+    template: StepRequest,
+    node_vars: Option<BTreeMap<String, String>>,
+}
+
 /// The request of a step, the same on every node of the batch (variables,
 /// arguments and parameters are resolved once per step, not per node).
 fn request_template(
@@ -362,33 +547,22 @@ fn request_template(
     task: &Task,
     sub: &Subtask,
     step: &Step,
-) -> std::result::Result<StepRequest, String> {
-    let vars = plan::batch_vars(task, sub);
-    let kind = if step.kind.as_deref() == Some("scp") {
-        StepKind::Scp {
-            src: crate::vars::substitute(step.src.as_deref().unwrap_or(""), &vars)?,
-            dst: crate::vars::substitute(step.dst.as_deref().unwrap_or(""), &vars)?,
-            chmod: step.chmod.clone(),
-            chown: step.chown.clone(),
-            delete: step.delete.unwrap_or(false),
-        }
+) -> std::result::Result<Prepared, String> {
+    let vars = plan::context_vars(task, sub);
+    let per_node = plan::uses_node(step);
+    let kind = if per_node {
+        // Checked once here so a bad reference fails the step, not each node.
+        let mut probe = vars.clone();
+        probe.insert("JOBX_NODE".into(), String::new());
+        step_kind(step, &probe)?
     } else {
-        let words = crate::vars::split_args(step.args.as_deref().unwrap_or(""))?;
-        let args = words
-            .iter()
-            .map(|w| crate::vars::substitute(w, &vars))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        StepKind::Cmd {
-            script: step.script.clone().unwrap_or_default(),
-            interpreter: step.interpreter.clone().unwrap_or_else(|| "bash".into()),
-            args,
-        }
+        step_kind(step, &vars)?
     };
     let params = match serde_json::to_value(step) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     };
-    Ok(StepRequest {
+    let template = StepRequest {
         task: task.uuid.clone(),
         subtask: sub.uuid.clone(),
         step: step.uuid.clone(),
@@ -404,13 +578,17 @@ fn request_template(
         timeout_secs: step.timeout,
         params,
         data_dir: e.data_dir.clone(),
+    };
+    Ok(Prepared {
+        template,
+        node_vars: per_node.then_some(vars),
     })
 }
 
 /// The step's request for one node of the batch.
-fn request_for(template: &StepRequest, task: &Task, node: &str) -> StepRequest {
+fn request_for(p: &Prepared, task: &Task, step: &Step, node: &str) -> StepRequest {
     let n = task.nodes.get(node);
-    let mut req = template.clone();
+    let mut req = p.template.clone();
     req.node = jobx_plugin_api::Node {
         name: node.to_string(),
         host: n
@@ -421,6 +599,14 @@ fn request_for(template: &StepRequest, task: &Task, node: &str) -> StepRequest {
         labels: n.map(|n| n.labels.clone()).unwrap_or_default(),
     };
     req.env.insert("JOBX_NODE".into(), node.to_string());
+    if let Some(vars) = &p.node_vars {
+        let mut vars = vars.clone();
+        vars.insert("JOBX_NODE".into(), node.to_string());
+        // The template resolved with the same names, so this cannot fail.
+        if let Ok(kind) = step_kind(step, &vars) {
+            req.kind = kind;
+        }
+    }
     req
 }
 
@@ -501,7 +687,7 @@ async fn run_node(
     e: &Arc<Engine>,
     task: &Task,
     step: &Step,
-    template: &StepRequest,
+    template: &Prepared,
     node: &str,
     keys: &Keys,
 ) -> bool {
@@ -510,7 +696,7 @@ async fn run_node(
             .append(keys, node, "info", "not started: task stopped");
         return false;
     }
-    let req = request_for(template, task, node);
+    let req = request_for(template, task, step, node);
     let (tx, rx) = async_channel::bounded(1);
     let sink = Arc::new(NodeSink {
         logs: e.logs.clone(),
@@ -595,7 +781,9 @@ async fn run_approval(
     step: &Step,
     keys: &Keys,
 ) -> Result<StepOutcome> {
-    let vars = plan::batch_vars(task, sub);
+    // An approval is one per batch: `${JOBX_NODE}` names the batch's nodes.
+    let mut vars = plan::context_vars(task, sub);
+    vars.insert("JOBX_NODE".into(), sub.nodes.join(","));
     let message =
         crate::vars::substitute(step.message.as_deref().unwrap_or(""), &vars).unwrap_or_default();
     let now = crate::clock::now_ms();
@@ -613,16 +801,24 @@ async fn run_approval(
         opinions: Default::default(),
         status: "pending".into(),
     };
-    let a2 = a.clone();
-    blocking(e, move |e| e.store.tx(|tx| tx.put_approval(&a2))).await?;
+    let (a2, t2, s2) = (a.clone(), task.clone(), sub.clone());
+    blocking(e, move |e| {
+        e.store.tx(|tx| {
+            tx.put_approval(&a2)?;
+            e.notify.emit(tx, Kind::Approval, &t2, Some(&s2), Some(&a2))
+        })?;
+        e.notify.kick();
+        Ok(())
+    })
+    .await?;
     e.logs.append(
         keys,
         "",
         "info",
         &format!(
-            "waiting for approval {} by {}: {message}",
-            a.uuid,
-            a.approvers.join(", ")
+            "approval requested from {}: {message} (approval {})",
+            a.approvers.join(", "),
+            a.uuid
         ),
     );
     let wake = lock(&e.wakers).get(&task.uuid).cloned();

@@ -37,6 +37,15 @@ impl Keys {
         }
     }
 
+    /// Keys for records of the whole task (stop, finish, decisions).
+    pub fn task(task: &str) -> Keys {
+        Keys {
+            task: task.to_string(),
+            subtask: String::new(),
+            step: String::new(),
+        }
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &str> {
         [
             self.task.as_str(),

@@ -77,7 +77,7 @@ fn pending_of(
 
 /// A write transaction over tasks: read-modify-write of several rows that
 /// commit together (or not at all).
-pub struct Tx<'a>(&'a WriteTransaction);
+pub struct Tx<'a>(pub(super) &'a WriteTransaction);
 
 impl Tx<'_> {
     pub fn task(&self, uuid: &str) -> Result<Option<Task>> {
@@ -194,7 +194,7 @@ pub struct TaskFilter {
 }
 
 impl TaskFilter {
-    fn matches(&self, t: &Task) -> bool {
+    pub fn matches(&self, t: &Task) -> bool {
         self.name
             .as_ref()
             .is_none_or(|n| t.name.contains(n.as_str()))
@@ -268,13 +268,14 @@ impl Store {
         })
     }
 
-    /// Tasks of a project created in `[from, to)` (statistics), oldest first.
-    pub fn tasks_between(
+    /// Tasks of a project created in `[from, to)`, oldest first, read as
+    /// `T` (a `TaskSummary` skips the job and node snapshots).
+    pub fn tasks_between<T: DeserializeOwned>(
         &self,
         project: u64,
         from: i64,
         to: i64,
-    ) -> Result<Vec<crate::model::TaskSummary>> {
+    ) -> Result<Vec<T>> {
         self.read(|tx| {
             let idx = tx.open_table(TASK_TIME)?;
             let tasks = tx.open_table(TASKS)?;
