@@ -29,9 +29,16 @@ pub fn main_line(stderr: &str) -> String {
 pub fn connect_failure(stderr: &str, target: &str, known_hosts: &str) -> ConnectFailure {
     let has = |needle: &str| stderr.contains(needle);
     if has("REMOTE HOST IDENTIFICATION HAS CHANGED") || has("Host key for") && has("has changed") {
+        // ssh names the known_hosts entry as `ssh-keygen -R` wants it
+        // (`[host]:port` for other ports); the step's file is the daemon's.
+        let entry = stderr
+            .lines()
+            .find_map(|l| l.split("Host key for ").nth(1)?.split(" has changed").next())
+            .unwrap_or(target);
         return ConnectFailure::Permanent(format!(
             "host key mismatch: {target} presented a host key that differs from the one recorded in {known_hosts}; \
-             the recorded key was kept and nothing was run (if the change is expected, remove the old key with ssh-keygen -R)"
+             the recorded key was kept and nothing was run (if the change is expected, remove the old key with \
+             ssh-keygen -R '{entry}' -f {known_hosts})"
         ));
     }
     if has("Host key verification failed") || has("host key is known for") {
@@ -121,6 +128,13 @@ Host key verification failed.
             ("ssh: Could not resolve hostname nope: Name or service not known\n", "unreachable: ssh: Could not resolve hostname nope", false),
             ("command-line line 0: Bad configuration option: foo\n", "ssh configuration error:", false),
         ];
+        match connect_failure(CHANGED, t, kh) {
+            ConnectFailure::Permanent(msg) => assert!(
+                msg.ends_with("ssh-keygen -R '[127.0.0.3]:4000' -f /data/known_hosts)"),
+                "{msg}"
+            ),
+            other => panic!("{other:?}"),
+        }
         for (stderr, want, transient) in cases {
             match connect_failure(stderr, t, kh) {
                 ConnectFailure::Permanent(msg) => {
