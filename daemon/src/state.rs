@@ -3,6 +3,7 @@
 use crate::auth::Tokens;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -12,6 +13,8 @@ pub struct App {
     pub store: Arc<Store>,
     pub engine: Arc<Engine>,
     pub slave: String,
+    /// Console sign-ins.
+    pub sessions: Sessions,
     tokens: RwLock<Arc<Tokens>>,
     plugin_types: BTreeSet<String>,
 }
@@ -20,7 +23,9 @@ impl App {
     pub fn new(config: Config, engine: Arc<Engine>, tokens: Tokens) -> App {
         let slave = config.slave_name();
         let plugin_types = engine.plugins.types().into_iter().collect();
+        let sessions = Sessions::new(config.console.session_ttl_secs);
         App {
+            sessions,
             config,
             store: engine.store.clone(),
             engine,
@@ -39,6 +44,8 @@ impl App {
     }
 
     pub fn set_tokens(&self, t: Tokens) {
+        // Sessions of removed tokens end now (lookups check again anyway).
+        self.sessions.retain_tokens(|d| t.by_digest(d).is_some());
         match self.tokens.write() {
             Ok(mut g) => *g = Arc::new(t),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(t),
