@@ -436,7 +436,7 @@ mod tests {
             .collect()
     }
 
-    /// Project 10 = nodes 1…10, project 20 = {5, 99, 3} (semantics.md §2.3).
+    /// Project 10 = nodes 1…10, project 20 = {5, 99, 3} (docs/semantics.md §2.3).
     fn projects(pid: u64) -> Vec<String> {
         match pid {
             10 => names(1..=10),

@@ -1,4 +1,4 @@
-//! The third-party interface (semantics §6): callers keep their own ids;
+//! The third-party interface (docs/semantics.md §6): callers keep their own ids;
 //! `retry_count` picks the attempt letter of the task uuid.
 
 use super::tasks::{run, variable_of};

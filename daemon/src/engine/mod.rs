@@ -136,7 +136,7 @@ impl Engine {
         if store.task(&uuid)?.is_some() {
             return Err(Error::Conflict(format!("uuid: task {uuid} already exists")));
         }
-        // Task and batch uuids share the log key space (semantics §7).
+        // Task and batch uuids share the log key space (docs/semantics.md §7).
         if store.subtask(&uuid)?.is_some() {
             return Err(Error::Conflict(format!(
                 "uuid: {uuid} is already a batch uuid"
@@ -514,7 +514,7 @@ impl Engine {
         Ok(created)
     }
 
-    /// Restart recovery (semantics §8): batches that were running become
+    /// Restart recovery (docs/semantics.md §8): batches that were running become
     /// `fail` "interrupted by daemon restart" and wait for a person; then
     /// every unfinished task gets a runner again.
     pub fn recover(self: &Arc<Self>) -> Result<usize> {
@@ -629,7 +629,7 @@ fn approval_status(a: &Approval) -> String {
     if done { "agree" } else { "pending" }.into()
 }
 
-/// The rollback preconditions of semantics §5, each with its own message.
+/// The rollback preconditions of docs/semantics.md §5, each with its own message.
 pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
     if d.action != "deploy" {
         return Err(Error::Bad(format!("task {} is not a deploy", d.uuid)));

@@ -2,7 +2,7 @@
 //!
 //! Records go to the store in batches (every ~50 ms or 256 KiB), so step
 //! output never costs an fsync per line. Each record is written under the
-//! three keys of semantics §7: the task, the batch, and the batch's step.
+//! three keys of docs/semantics.md §7: the task, the batch, and the batch's step.
 
 mod render;
 mod writer;
