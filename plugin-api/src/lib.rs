@@ -18,6 +18,7 @@ pub mod abi;
 /// Standard base64 (RFC 4648): how bytes travel in the JSON of HTTP bodies,
 /// for plugins and hosts that need the same encoding elsewhere.
 pub mod base64;
+pub mod config;
 pub mod plugin;
 mod types;
 

@@ -89,8 +89,7 @@ fn parse_hex(hex: &str) -> Option<[u8; 32]> {
 impl Settings {
     /// Parses and checks the plugin's table.
     pub fn parse(config: serde_json::Value) -> Result<Settings, String> {
-        let raw: Raw = serde_json::from_value(config)
-            .map_err(|e| format!("invalid [plugins.agent-pull] configuration: {e}"))?;
+        let raw: Raw = jobx_plugin_api::config::parse("agent-pull", config)?;
         let mut agents = HashMap::new();
         for a in raw.agents {
             let name = a.name.trim();

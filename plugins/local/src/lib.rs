@@ -96,8 +96,7 @@ impl Executor for Local {
     const TYPE: &'static str = "local";
 
     fn new(config: serde_json::Value) -> Result<Self, String> {
-        let config: Config = serde_json::from_value(config)
-            .map_err(|e| format!("invalid [plugins.local] configuration: {e}"))?;
+        let config: Config = jobx_plugin_api::config::parse("local", config)?;
         let workdir = config.workdir.unwrap_or_else(std::env::temp_dir);
         if !workdir.is_dir() {
             return Err(format!(

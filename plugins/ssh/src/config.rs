@@ -86,7 +86,7 @@ impl Config {
     /// Parses and checks the JSON form of `[plugins.ssh]`.
     pub fn from_json(value: serde_json::Value) -> Result<Config, String> {
         let cfg: Config =
-            serde_json::from_value(value).map_err(|e| format!("[plugins.ssh]: {e}"))?;
+            jobx_plugin_api::config::parse("ssh", value)?;
         cfg.check()?;
         Ok(cfg)
     }
