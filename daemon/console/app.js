@@ -178,10 +178,12 @@ function button(text, onclick, cls) {
   return el("button", { type: "button", class: cls || "", onclick: onclick }, text);
 }
 
+// rows: a <tbody> to show (kept up to date by the page), or rows for a new one.
 function table(headers, rows, cls) {
+  const body = rows instanceof Node && rows.tagName === "TBODY" ? rows : el("tbody", null, rows);
   return el("div", { class: "table-wrap" }, el("table", { class: cls || "" },
     el("thead", null, el("tr", null, headers.map(function (h) { return el("th", { scope: "col" }, h); }))),
-    el("tbody", null, rows)));
+    body));
 }
 
 function link(href, text) {

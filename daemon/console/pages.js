@@ -291,6 +291,7 @@ App.pages.groups = function (ctx) {
     const type = el("select", { disabled: !writer }, el("option", { value: "list", selected: g.group_type === "list" }, "list"), el("option", { value: "percent", selected: g.group_type === "percent" }, "percent"));
     const text = el("textarea", { rows: 6, spellcheck: "false", disabled: !writer, value: g.group_type === "list" ? g.node || "" : g.percent || "" });
     const note = el("input", { type: "text", value: g.note || "", disabled: !writer });
+    const sel = el("input", { type: "text", value: g.labels || "", disabled: !writer, placeholder: "role=web,dc!=b" });
     const err = el("p", { id: "group-error", class: "error", role: "alert", "aria-live": "polite" });
     const prev = el("ol", { id: "group-preview", class: "preview", "aria-live": "polite" });
     const help = el("small", { class: "hint" });
@@ -301,7 +302,7 @@ App.pages.groups = function (ctx) {
     };
     const update = async function () {
       const mine = ++seq;
-      const b = { group_type: type.value };
+      const b = { group_type: type.value, labels: sel.value };
       b[type.value === "list" ? "node" : "percent"] = text.value;
       try {
         const r = await api("POST", "/ui/api/group/" + pid + "/preview", b);
@@ -325,10 +326,11 @@ App.pages.groups = function (ctx) {
     };
     const later = debounce(update, 120);
     text.addEventListener("input", later);
+    sel.addEventListener("input", later);
     type.addEventListener("change", function () { setHelp(); update(); });
     setHelp();
     const save = async function () {
-      const b = { name: name.value, group_type: type.value, note: note.value };
+      const b = { name: name.value, group_type: type.value, note: note.value, labels: sel.value };
       b[type.value === "list" ? "node" : "percent"] = text.value;
       try {
         const r = await api("POST", "/group/" + pid + (id === null ? "" : "/" + id), b);
@@ -345,6 +347,7 @@ App.pages.groups = function (ctx) {
       field("group-name", "Name", name),
       field("group-type", "Type", type),
       el("div", { class: "field" }, el("label", { for: "group-text" }, "Batches"), text, help, err),
+      field("group-labels", "Only nodes with labels (optional selector)", sel),
       field("group-note", "Note", note),
       writer ? el("div", { class: "buttons" }, button("Save", save, "primary"),
         id !== null ? confirmButton("Delete", async function () {
@@ -493,12 +496,13 @@ App.pages.jobs = function (ctx) {
   }
 
   function editJob(j) {
-    const doc = j ? { name: j.name, steps: j.steps } : {
+    const doc = j ? Object.assign({}, j) : {
       name: "deploy-web",
       steps: [{ name: "hello", plugin: "local", kind: "cmd", script: "echo deploying ${version} on $JOBX_NODE", timeout: 60 }],
     };
     const text = el("textarea", { rows: 18, spellcheck: "false", class: "code", value: JSON.stringify(doc, null, 2) });
     const err = el("pre", { id: "job-error", class: "error", role: "alert" });
+    delete doc.edit_time;
     fill(detail, el("h2", null, j ? "Edit job " + j.name : "New job"),
       el("p", { class: "hint" }, "The job as JSON: {\"name\": …, \"steps\": [...]}. Steps keep their uuid when it stays in the text."),
       el("div", { class: "field" }, el("label", { for: "job-text" }, "Job"), text, err),

@@ -163,7 +163,7 @@ App.pages.task = function (ctx) {
   const status = el("span", { id: "task-status", class: "status" });
   const waiting = el("span", { id: "task-waiting", class: "badge waiting" });
   const reason = el("p", { id: "task-reason" });
-  const facts = el("dl", { class: "facts" });
+  const facts = el("dl", { class: "facts wide" });
   const actions = el("div", { class: "buttons actions" });
   const partner = el("p", { class: "partner" });
   const approvals = el("section", { class: "approvals", "aria-label": "Approvals" });
@@ -213,7 +213,7 @@ App.pages.task = function (ctx) {
     fillIf(facts, [t.name, t.group, t.user, vars.version, t.action, t.created, t.starttime, t.finishtime, t.runtime, t.calltype, t.stopped_by], function () { return (
       [["Job", link("#/p/" + pid + "/jobs", t.name)], ["Group", t.group], ["User", t.user], ["Version", vars.version !== undefined ? String(vars.version) : ""],
         ["Action", t.action], ["Created", t.created || ""], ["Started", t.starttime || ""], ["Finished", t.finishtime || ""],
-        ["Runtime", fmtRuntime(t.runtime)], ["Started by", t.calltype], ["Stopped by", t.stopped_by || ""]].map(function (f) {
+        ["Runtime", fmtRuntime(t.runtime)], ["Called via", t.calltype], ["Stopped by", t.stopped_by || ""]].filter(function (f) { return f[1] !== ""; }).map(function (f) {
         return [el("dt", null, f[0]), el("dd", null, f[1])];
       })); });
     const names = Object.keys(vars);
@@ -277,6 +277,7 @@ App.pages.task = function (ctx) {
   function renderBatches(v, t) {
     const stepsKey = v.steps.map(function (s) { return s.uuid; }).join(",");
     if (stepsShown !== stepsKey || Object.keys(shown).length !== v.batches.length) {
+      ctx.main.appendChild(logPanel);
       fill(batchesBox);
       for (const k of Object.keys(shown)) delete shown[k];
       stepsShown = stepsKey;
@@ -293,7 +294,7 @@ App.pages.task = function (ctx) {
     const rows = b.nodes.map(function (n) {
       return el("tr", null, el("th", { scope: "row", class: "node" }, n), v.steps.map(function (s, i) {
         const td = el("td", {
-          class: "cell pending", tabindex: 0, role: "button", dataset: { node: n, step: s.uuid, key: b.cells[i].key },
+          class: "cell", tabindex: 0, role: "button", dataset: { node: n, step: s.uuid, key: b.cells[i].key },
           onclick: function () { openLog(b, n, s, td); },
           onkeydown: function (e) { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openLog(b, n, s, td); } },
         });
@@ -356,6 +357,9 @@ App.pages.task = function (ctx) {
         button("Close", function () { logPanel.hidden = true; if (logView) logView.close(); td.classList.remove("open"); openCell = null; td.focus(); })),
       box);
     logPanel.hidden = false;
+    // Right under the batch clicked, in the flow of the page (it covers nothing).
+    const sh = shown[b.uuid];
+    if (sh && logPanel.parentNode !== sh.section) sh.section.appendChild(logPanel);
     logView = nodeSourceView(box, key, node);
     logPanel.scrollIntoView({ block: "nearest" });
   }

@@ -84,7 +84,8 @@ fn redirect(to: &str) -> tide::Response {
 fn harden(mut r: tide::Response, cache: &str) -> tide::Response {
     r.insert_header("content-security-policy", CSP);
     r.insert_header("x-content-type-options", "nosniff");
-    r.insert_header("referrer-policy", "no-referrer");
+    // Not "no-referrer": with it, browsers send `Origin: null` on form posts.
+    r.insert_header("referrer-policy", "same-origin");
     r.insert_header("x-frame-options", "DENY");
     r.insert_header("cache-control", cache);
     r
@@ -318,7 +319,7 @@ async fn projects(req: Req) -> Result<Reply> {
 async fn group_preview(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Read)?;
     let b = body(&mut req).await?;
-    known_fields(&b, &["group_type", "node", "percent", "name", "note"], "")?;
+    known_fields(&b, &["group_type", "node", "percent", "labels", "name", "note"], "")?;
     let gt = req_str(&b, "group_type")?;
     let ty = crate::batching::GroupType::parse(&gt)
         .ok_or_else(|| Error::Bad(format!("group_type: {gt:?} is not list or percent")))?;
@@ -331,7 +332,10 @@ async fn group_preview(mut req: Req) -> Result<Reply> {
         return Err(Error::Bad(format!("{field}: longer than 100000 bytes")));
     }
     crate::batching::parse(ty, &text).map_err(|e| Error::Bad(format!("{field}: {e}")))?;
+    let labels = opt_str(&b, "labels")?.unwrap_or_default().trim().to_string();
+    crate::labels::Selector::parse_opt(&labels).map_err(|e| Error::Bad(format!("labels: {e}")))?;
     let g = crate::model::Group {
+        labels,
         id: 0,
         projectid: pid,
         name: "preview".into(),
@@ -339,18 +343,10 @@ async fn group_preview(mut req: Req) -> Result<Reply> {
         group_type: ty.as_str().to_string(),
         text,
         edit_time: 0,
-        labels: String::new(),
     };
     let batches = super::tasks::run(req.state(), move |app| {
         let known = app.store.node_names(pid)?;
-        let batches =
-            crate::engine::compute_batches(&app.store, &who, pid, &g).map_err(|e| match e {
-                // The saved name is not known yet; keep the field in the message.
-                Error::Bad(m) => {
-                    Error::Bad(m.replacen("group preview: ", &format!("{field}: "), 1))
-                }
-                other => other,
-            })?;
+        let batches = crate::engine::compute_batches(&app.store, &who, pid, &g)?;
         Ok(unknown_nodes(&batches, &known))
     })
     .await?;
@@ -667,6 +663,7 @@ mod tests {
             action: "deploy".into(),
             stopped_by: None,
             decision: String::new(),
+            policy: Default::default(),
         }
     }
 
