@@ -1,0 +1,71 @@
+//! Reads behind the OPEN-C3 calls that jobx's own API does not make: tasks
+//! by name over every project (flowlines), task counts in a time range.
+
+use super::tasks::{TASKS, TASK_INDEX, TASK_TIME};
+use super::*;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The few fields of a task the flowline calls look at.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NamedTask {
+    pub id: u64,
+    pub projectid: u64,
+    pub uuid: String,
+    pub name: String,
+    pub status: String,
+    pub finish_ms: Option<i64>,
+    /// Normalised variables (name → text).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Store {
+    /// Visits every task named exactly `name`, project by project in id
+    /// order, until `visit` answers false. Memory stays constant; the walk
+    /// reads every task row (there is no index by name).
+    pub fn visit_tasks_named(
+        &self,
+        name: &str,
+        mut visit: impl FnMut(NamedTask) -> bool,
+    ) -> Result<()> {
+        self.read(|tx| {
+            let idx = tx.open_table(TASK_INDEX)?;
+            let tasks = tx.open_table(TASKS)?;
+            for row in idx.iter()? {
+                let (_, uuid) = row?;
+                let Some(t) = get_json::<_, NamedTask>(&tasks, uuid.value())? else {
+                    continue;
+                };
+                if t.name == name && !visit(t) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Number of tasks per status among those of `project` created in `[from, to)`.
+    pub fn status_counts_between(
+        &self,
+        project: u64,
+        from: i64,
+        to: i64,
+    ) -> Result<BTreeMap<String, u64>> {
+        #[derive(Deserialize)]
+        struct Status {
+            status: String,
+        }
+        self.read(|tx| {
+            let idx = tx.open_table(TASK_TIME)?;
+            let tasks = tx.open_table(TASKS)?;
+            let mut out = BTreeMap::new();
+            for row in idx.range((project, from, 0)..(project, to, 0))? {
+                if let Some(t) = get_json::<_, Status>(&tasks, row?.1.value())? {
+                    *out.entry(t.status).or_insert(0) += 1;
+                }
+            }
+            Ok(out)
+        })
+    }
+}
