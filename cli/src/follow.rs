@@ -153,6 +153,14 @@ pub fn waiting_batch(subs: &[Value]) -> Option<Waiting> {
     })
 }
 
+/// Commands with their `#` comments lined up.
+fn command_lines(cmds: &[(String, &str)]) -> String {
+    let w = cmds.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    cmds.iter()
+        .map(|(c, why)| format!("  {c:<w$}  # {why}\n"))
+        .collect()
+}
+
 /// The commands that decide, one a line, as a person pastes them.
 pub fn decide_commands(ctx: &Ctx, p: u64, task: &str, w: &Waiting) -> String {
     let c = |rest: String| ctx.command(&rest);
@@ -165,7 +173,8 @@ pub fn decide_commands(ctx: &Ctx, p: u64, task: &str, w: &Waiting) -> String {
             reason,
             passed,
         } => {
-            let mut s = if *passed {
+            let mut cmds = Vec::new();
+            let head = if *passed {
                 format!("batch {pos}/{total} passed and waits at a gate for a person. Decide with one of:\n")
             } else {
                 let why = if reason.is_empty() {
@@ -173,26 +182,32 @@ pub fn decide_commands(ctx: &Ctx, p: u64, task: &str, w: &Waiting) -> String {
                 } else {
                     format!(" ({reason})")
                 };
-                format!(
-                    "batch {pos}/{total} failed on {failed}{why} and waits for a person. Decide with one of:\n  {}    # run the failed step again on {failed}\n",
-                    c(format!("batch retry -p {p} {sub}"))
-                )
+                cmds.push((
+                    c(format!("batch retry -p {p} {sub}")),
+                    "run the failed step again on the failed nodes",
+                ));
+                format!("batch {pos}/{total} failed on {failed}{why} and waits for a person. Decide with one of:\n")
             };
-            s.push_str(&format!(
-                "  {}  # go on with the next batch\n  {}       # stop the task\n",
+            cmds.push((
                 c(format!("batch confirm -p {p} {sub}")),
-                c(format!("task stop -p {p} {task}"))
+                "go on with the next batch",
             ));
-            s
+            cmds.push((c(format!("task stop -p {p} {task}")), "stop the task"));
+            head + &command_lines(&cmds)
         }
         Waiting::Approval {
             uuid,
             approvers,
             message,
         } => format!(
-            "the task waits for approval by {approvers}: {message}\nDecide with one of:\n  {}\n  {}\n",
-            c(format!("approval agree -p {p} {uuid}")),
-            c(format!("approval refuse -p {p} {uuid}"))
+            "the task waits for approval by {approvers}: {message}\nDecide with one of:\n{}",
+            command_lines(&[
+                (c(format!("approval agree -p {p} {uuid}")), "agree"),
+                (
+                    c(format!("approval refuse -p {p} {uuid}")),
+                    "refuse: the task ends refuse"
+                ),
+            ])
         ),
     }
 }
