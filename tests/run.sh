@@ -10,6 +10,8 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v faketime >/dev/null || need+=(faketime)
 command -v openssl >/dev/null || need+=(openssl)
+# The jobx command line's prompt is tested in a real terminal.
+command -v tmux >/dev/null || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
