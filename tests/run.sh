@@ -12,6 +12,9 @@ command -v faketime >/dev/null || need+=(faketime)
 command -v openssl >/dev/null || need+=(openssl)
 # The jobx command line's prompt is tested in a real terminal.
 command -v tmux >/dev/null || need+=(tmux)
+# The console tests drive a headless Chromium through chromedriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

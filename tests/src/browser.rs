@@ -139,6 +139,17 @@ impl Browser {
     pub fn start(name: &str) -> Browser {
         require(CHROMIUM, "chromium");
         require(CHROMEDRIVER, "chromium-driver");
+        let name = sanitize(name);
+        // Screenshots of an earlier run of the same test would mislead.
+        if let Ok(entries) = std::fs::read_dir(screenshot_dir()) {
+            let prefix = format!("{name}-");
+            for e in entries.flatten() {
+                let f = e.file_name().to_string_lossy().to_string();
+                if f.starts_with(&prefix) && f.ends_with(".png") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let profile = TempDir::new("chromium");
         let mut child = Command::new(CHROMEDRIVER)
             .arg("--port=0")
@@ -182,7 +193,7 @@ impl Browser {
             endpoint: format!("http://127.0.0.1:{port}"),
             session: String::new(),
             agent,
-            name: sanitize(name),
+            name,
             shots: Cell::new(0),
             _profile: profile,
         };
@@ -400,6 +411,19 @@ impl Browser {
             match e.click() {
                 Ok(()) => Some(()),
                 Err(err) => {
+                    if err.error == "element click intercepted" {
+                        // WebDriver scrolls the element to the bottom edge,
+                        // where a fixed panel may cover it; a person would
+                        // scroll it to the middle of the window.
+                        let _ = self.cmd(
+                            "POST",
+                            "/execute/sync",
+                            Some(json!({
+                                "script": "arguments[0].scrollIntoView({block: 'center', inline: 'nearest'});",
+                                "args": [e.arg()],
+                            })),
+                        );
+                    }
                     last = err.to_string();
                     None
                 }
@@ -431,9 +455,25 @@ impl Browser {
             css_to_select_xpath(css),
             xpath_literal(text)
         ));
+        self.click_present(&by, &format!("option {text:?} in {css}"));
+    }
+
+    /// Picks the option whose `value` is `value` in the `<select>` matching `css`.
+    pub fn select_value(&self, css: &str, value: &str) {
+        let by = By::XPath(format!(
+            "{}//option[@value={}]",
+            css_to_select_xpath(css),
+            xpath_literal(value)
+        ));
+        self.click_present(&by, &format!("option {value:?} in {css}"));
+    }
+
+    /// Clicks the first element matching `by` (visible or not: options of a
+    /// closed select), retrying while the page re-renders.
+    fn click_present(&self, by: &By, what: &str) {
         let mut last = String::new();
         let done = crate::poll(FIND, || {
-            let e = self.find(&by)?;
+            let e = self.find(by)?;
             match e.click() {
                 Ok(()) => Some(()),
                 Err(err) => {
@@ -443,7 +483,7 @@ impl Browser {
             }
         });
         if done.is_none() {
-            panic!("could not pick option {text:?} in {css}: {last}");
+            panic!("could not pick {what}: {last}{}", self.dialog_note());
         }
     }
 
