@@ -222,6 +222,68 @@ fn route_scan_reads_chains_and_skips_the_fallback() {
     assert!(d.contains("/task/:projectid/:uuid") && d.contains("/mon") && d.contains("/x"));
 }
 
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces
+/// become `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a markdown text's headings (outside code blocks).
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            code = !code;
+            continue;
+        }
+        if !code && line.starts_with('#') {
+            out.insert(slug(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// Relative links with an anchor (`file.md#part`, or `#part` in the same
+/// file) whose target has no such heading.
+fn broken_anchors(doc: &Path, text: &str) -> Vec<String> {
+    let mut broken = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("](") {
+        let after = &rest[i + 2..];
+        let Some(end) = after.find(')') else { break };
+        let target = after[..end].split_whitespace().next().unwrap_or("");
+        rest = &after[end..];
+        let Some((file, anchor)) = target.split_once('#') else {
+            continue;
+        };
+        if file.contains("://") || !(file.is_empty() || file.ends_with(".md")) {
+            continue;
+        }
+        let path = if file.is_empty() {
+            doc.to_path_buf()
+        } else {
+            doc.parent().expect("a file has a directory").join(file)
+        };
+        let Ok(target_text) = std::fs::read_to_string(&path) else {
+            continue; // a missing file is reported by the file check
+        };
+        if !anchors(&target_text).contains(anchor) {
+            broken.push(format!("{}: {target}", doc.display()));
+        }
+    }
+    broken
+}
+
 /// The relative link targets of a markdown text (`[text](target)`), without
 /// anchors; web, mail and in-page links are left out.
 fn relative_links(text: &str) -> Vec<String> {
@@ -258,13 +320,21 @@ fn relative_links_point_at_files() {
     let mut broken = Vec::new();
     for doc in &docs {
         let dir = doc.parent().expect("a file has a directory");
-        for link in relative_links(&read(doc)) {
+        let text = read(doc);
+        for link in relative_links(&text) {
             if !dir.join(&link).exists() {
                 broken.push(format!("{}: {link}", doc.display()));
             }
         }
+        broken.extend(broken_anchors(doc, &text));
     }
-    assert!(broken.is_empty(), "links to missing files: {broken:?}");
+    assert!(
+        broken.is_empty(),
+        "links to missing files or headings: {broken:?}"
+    );
+    assert_eq!(slug(" `[plugins.ssh]`"), "pluginsssh");
+    assert_eq!(slug("3.3 Step filters"), "33-step-filters");
+    assert_eq!(slug("`GET /metrics`"), "get-metrics");
     assert_eq!(
         relative_links("[a](docs/api.md#tasks) [b](https://x) [c](#here) [d](../x.md \"t\")"),
         vec!["docs/api.md", "../x.md"]
