@@ -104,6 +104,30 @@ fn verify_unit(unit: &Path, installed: &str, exe: &Path, tmp: &Path) {
     );
 }
 
+/// `cargo deb -p <package>` into `dir/out`; answers the .deb.
+fn build_deb(package: &str, dir: &Path) -> PathBuf {
+    let out_dir = dir.join("out");
+    // Builds in release mode, as a user would.
+    let said = run(Command::new(cargo())
+        .current_dir(workspace())
+        .args(["deb", "-p", package, "--fast", "-o"])
+        .arg(&out_dir));
+    std::fs::read_dir(&out_dir)
+        .expect("cargo deb output dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .unwrap_or_else(|| panic!("no .deb in {}: {said}", out_dir.display()))
+}
+
+/// cargo-deb and dpkg-deb are there (the reason why not, otherwise).
+fn can_build_debs() -> Result<(), String> {
+    if !has_command("dpkg-deb", "--version") {
+        return Err("dpkg-deb is not installed (tests/run.sh installs dpkg)".into());
+    }
+    ensure_cargo_deb().map_err(|e| format!("cannot build Debian packages without cargo-deb: {e}"))
+}
+
 struct Packaged {
     child: Child,
     stderr: Arc<Mutex<String>>,
@@ -174,27 +198,12 @@ fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
 
 #[test]
 fn debian_package_runs_with_its_own_config_and_plugins() {
-    if !has_command("dpkg-deb", "--version") {
-        eprintln!("SKIPPED: dpkg-deb is not installed (tests/run.sh installs dpkg)");
-        return;
-    }
-    if let Err(e) = ensure_cargo_deb() {
-        eprintln!("SKIPPED: cannot build the Debian package without cargo-deb: {e}");
+    if let Err(e) = can_build_debs() {
+        eprintln!("SKIPPED: {e}");
         return;
     }
     let tmp = TempDir::new("deb");
-    let out_dir = tmp.path().join("out");
-    // Builds the workspace in release mode, as a user would.
-    let said = run(Command::new(cargo())
-        .current_dir(workspace())
-        .args(["deb", "-p", "jobxd", "--fast", "-o"])
-        .arg(&out_dir));
-    let deb = std::fs::read_dir(&out_dir)
-        .expect("cargo deb output dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .unwrap_or_else(|| panic!("no .deb in {}: {said}", out_dir.display()));
+    let deb = build_deb("jobxd", tmp.path());
 
     let root = tmp.path().join("root");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
@@ -229,6 +238,11 @@ fn debian_package_runs_with_its_own_config_and_plugins() {
     // Files where the service expects them.
     let exe = root.join("usr/bin/jobxd");
     assert_eq!(mode(&exe) & 0o111, 0o111, "jobxd is executable");
+    // The command line comes with the daemon.
+    let cli = root.join("usr/bin/jobx");
+    assert_eq!(mode(&cli) & 0o111, 0o111, "jobx is executable");
+    let version = run(Command::new(&cli).arg("--version"));
+    assert!(version.starts_with("jobx "), "{version}");
     let plugin_dir = root.join("usr/lib/jobx/plugins");
     let config = root.join("etc/jobx/jobxd.toml");
     assert_eq!(mode(&config), 0o640, "the config may hold tokens");
@@ -383,4 +397,73 @@ fn every_example_in_the_packaged_config_is_accepted() {
         assert!(log.contains(&format!("plugin {ty} loaded")), "{log}");
     }
     assert!(log.contains("(slave \"ops-1\")"), "{log}");
+}
+
+#[test]
+fn agent_debian_package_has_the_agent_its_unit_and_config() {
+    if let Err(e) = can_build_debs() {
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let tmp = TempDir::new("agent-deb");
+    let deb = build_deb("jobx-agent", tmp.path());
+    let root = tmp.path().join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let control = tmp.path().join("control");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    let fields = run(Command::new("dpkg-deb").arg("-f").arg(&deb));
+    assert!(fields.contains("Package: jobx-agent"), "{fields}");
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).expect("conffiles");
+    assert!(
+        conffiles.lines().any(|l| l == "/etc/jobx/agent.toml"),
+        "{conffiles}"
+    );
+    let postinst = std::fs::read_to_string(control.join("postinst")).expect("postinst");
+    assert!(
+        postinst.contains("deb-systemd-helper enable jobx-agent.service"),
+        "{postinst}"
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        if control.join(script).exists() {
+            run(Command::new("sh").arg("-n").arg(control.join(script)));
+        }
+    }
+
+    let exe = root.join("usr/bin/jobx-agent");
+    assert_eq!(mode(&exe) & 0o111, 0o111, "jobx-agent is executable");
+    let config = root.join("etc/jobx/agent.toml");
+    assert_eq!(
+        mode(&config),
+        0o644,
+        "no secret in it: the token has its own file"
+    );
+    let unit = root.join("usr/lib/systemd/system/jobx-agent.service");
+    let unit_text = std::fs::read_to_string(&unit).expect("jobx-agent.service");
+    for line in [
+        "ExecStart=/usr/bin/jobx-agent --config /etc/jobx/agent.toml",
+        "ConditionPathExists=/etc/jobx/agent.token",
+        "KillMode=mixed",
+    ] {
+        assert!(
+            unit_text.lines().any(|l| l == line),
+            "{line} in jobx-agent.service"
+        );
+    }
+    if has_command("systemd-analyze", "--version") {
+        verify_unit(&unit, "/usr/bin/jobx-agent", &exe, tmp.path());
+    }
+
+    // The packaged config is read as shipped: the agent gets as far as the
+    // token file the admin has not written yet, and says which.
+    let out = Command::new(&exe)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run the packaged jobx-agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot read the token file /etc/jobx/agent.token"),
+        "{err}"
+    );
 }
