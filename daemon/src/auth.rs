@@ -34,11 +34,24 @@ impl Role {
     }
 }
 
+/// How the caller proved who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A token in a header (Bearer, Basic, appname/appkey).
+    Token,
+    /// The console's session cookie.
+    Session,
+    /// An OPEN-C3 sign-in cookie.
+    #[allow(dead_code)]
+    OpenC3,
+}
+
 /// The identity behind a valid token.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub name: String,
     roles: BTreeMap<String, Role>,
+    pub via: Via,
 }
 
 impl Principal {
@@ -51,6 +64,37 @@ impl Principal {
 
     pub fn may(&self, project: u64, need: Role) -> bool {
         self.role_on(project).is_some_and(|r| r >= need)
+    }
+
+    /// The `calltype` of tasks this caller creates: people in a browser
+    /// start them from a page, everything else through the API.
+    pub fn calltype(&self) -> &'static str {
+        match self.via {
+            Via::Token => "api",
+            Via::Session | Via::OpenC3 => "page",
+        }
+    }
+
+    /// The same identity, as reached through another way of signing in.
+    pub fn with_via(mut self, via: Via) -> Principal {
+        self.via = via;
+        self
+    }
+
+    /// A person signed in through another service (OPEN-C3), no rights yet.
+    pub fn signed_in(name: &str, via: Via) -> Principal {
+        Principal {
+            name: name.to_string(),
+            roles: BTreeMap::new(),
+            via,
+        }
+    }
+
+    /// Adds `role` on `project`, as that service confirmed it.
+    pub fn grant(mut self, project: u64, role: Role) -> Principal {
+        let own = self.roles.entry(project.to_string()).or_insert(role);
+        *own = (*own).max(role);
+        self
     }
 
     pub fn roles(&self) -> BTreeMap<String, String> {
@@ -96,7 +140,40 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     diff == 0
 }
 
+/// The `[[auth.tokens]]` entry for a new token (its sha256, never the
+/// token itself), from role specs `PROJECT=ROLE`.
+pub fn token_entry(name: &str, token: &str, specs: &[String]) -> Result<String, String> {
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return Err(format!("token name {name:?}: must be non-empty, without quotes or control characters"));
+    }
+    let mut roles = Vec::new();
+    for spec in specs {
+        let (project, role) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--role {spec:?}: must be PROJECT=ROLE, e.g. '*=admin' or 7=control"))?;
+        if project != "*" && (project.is_empty() || !project.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("--role {spec:?}: the project must be a project id or \"*\""));
+        }
+        let role = Role::parse(role).ok_or_else(|| {
+            format!("--role {spec:?}: the role must be read, write, control or admin")
+        })?;
+        roles.push(format!("\"{project}\" = \"{}\"", role.as_str()));
+    }
+    let hex: String = digest(token).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{hex}\"\nroles = {{ {} }}\n",
+        roles.join(", ")
+    ))
+}
+
 impl Tokens {
+    /// Whether some token holds `admin` on every project.
+    pub fn has_global_admin(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.principal.roles.get("*") == Some(&Role::Admin))
+    }
+
     /// Builds the table from validated configuration.
     pub fn from_config(tokens: &[TokenConfig]) -> Tokens {
         let entries = tokens
@@ -117,6 +194,7 @@ impl Tokens {
                     principal: Principal {
                         name: t.name.clone(),
                         roles,
+                        via: Via::Token,
                     },
                 })
             })
@@ -134,6 +212,7 @@ impl Tokens {
                 principal: Principal {
                     name: "admin".into(),
                     roles,
+                    via: Via::Token,
                 },
             }],
         }
@@ -146,6 +225,24 @@ impl Tokens {
         let mut found = None;
         for e in &self.entries {
             if ct_eq(&e.digest, &d) && found.is_none() {
+                found = Some(e.principal.clone());
+            }
+        }
+        found
+    }
+
+    /// Like `check`, and also the token's digest, which a console session
+    /// keeps instead of the token itself.
+    pub fn check_digest(&self, token: &str) -> Option<([u8; 32], Principal)> {
+        let d = digest(token);
+        self.check(token).map(|p| (d, p))
+    }
+
+    /// The identity of a token known by its digest, while it is still configured.
+    pub fn by_digest(&self, d: &[u8; 32]) -> Option<Principal> {
+        let mut found = None;
+        for e in &self.entries {
+            if ct_eq(&e.digest, d) && found.is_none() {
                 found = Some(e.principal.clone());
             }
         }
@@ -173,6 +270,19 @@ pub fn basic_credentials(b64: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_entries() {
+        let e = token_entry("bot", "secret", &["*=read".into(), "7=control".into()]).expect("ok");
+        assert_eq!(
+            e,
+            "[[auth.tokens]]\nname = \"bot\"\nsha256 = \"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"\nroles = { \"*\" = \"read\", \"7\" = \"control\" }\n"
+        );
+        assert!(token_entry("bot", "s", &["7:admin".into()]).unwrap_err().contains("PROJECT=ROLE"));
+        assert!(token_entry("bot", "s", &["x=admin".into()]).unwrap_err().contains("project id"));
+        assert!(token_entry("bot", "s", &["7=boss".into()]).unwrap_err().contains("read, write"));
+        assert!(token_entry("a\"b", "s", &["7=read".into()]).is_err());
+    }
 
     fn cfg(
         name: &str,

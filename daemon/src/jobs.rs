@@ -242,8 +242,15 @@ fn validate_step(
         }
     }
     if kind == "cmd" {
-        let script = get_str(m, at, "script")?.ok_or_else(|| format!("{at}.script: missing"))?;
-        if script.trim().is_empty() {
+        // A custom plugin's step need not carry a script (its own
+        // parameters may say what to do); the built-in executors need one.
+        let builtin = BUILTIN_TYPES.contains(&plugin.as_str());
+        let script = match get_str(m, at, "script")? {
+            Some(s) => s,
+            None if builtin => return Err(format!("{at}.script: missing")),
+            None => String::new(),
+        };
+        if builtin && script.trim().is_empty() {
             return Err(format!("{at}.script: must not be empty"));
         }
         let interp = get_str(m, at, "interpreter")?.unwrap_or_else(|| "bash".into());
@@ -349,6 +356,19 @@ mod tests {
             n += 1;
             format!("{n:0>12}")
         })
+    }
+
+    #[test]
+    fn custom_plugins_keep_their_params_and_need_no_script() {
+        let known = ["local", "echo"].map(String::from).into();
+        let steps = json!([{"plugin": "echo", "text": "hi", "repeat": 2}]);
+        let s = validate_steps(&steps, &known, &[], &mut || "000000000001".into()).expect("valid");
+        assert_eq!(s[0].extra.get("text"), Some(&json!("hi")));
+        assert_eq!(s[0].extra.get("repeat"), Some(&json!(2)));
+        assert!(!s[0].extra.contains_key("plugin"));
+        let steps = json!([{"plugin": "local"}]);
+        let e = validate_steps(&steps, &known, &[], &mut || "000000000001".into()).unwrap_err();
+        assert_eq!(e, "steps[0].script: missing");
     }
 
     #[test]

@@ -8,14 +8,19 @@ mod clock;
 mod config;
 mod engine;
 mod error;
+mod fields;
 mod ids;
 mod jobs;
+mod labels;
 mod logger;
 mod logs;
 mod metrics;
 mod model;
+mod notify;
 mod ops;
+mod policy;
 mod server;
+mod sessions;
 mod state;
 mod stats;
 mod store;
@@ -85,15 +90,48 @@ fn admin_token(data_dir: &Path) -> Result<auth::Tokens, String> {
     Ok(auth::Tokens::admin(&token))
 }
 
+/// Loads the executor plugins; each validates its own `[plugins.<type>]`
+/// section. A daemon without any executor could run nothing: refused.
+fn load_plugins(cfg: &config::Config) -> Result<jobx_plugin_api::host::PluginSet, String> {
+    let dirs = cfg.plugin_dirs();
+    let plugins = jobx_plugin_api::host::PluginSet::load(&dirs, &cfg.plugin_settings())?;
+    if plugins.types().is_empty() {
+        let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(format!(
+            "no executor plugin (libjobx_plugin_*.so) found in plugins.dir: {}",
+            searched.join(", ")
+        ));
+    }
+    Ok(plugins)
+}
+
+/// The configured tokens, or the generated admin token when there are none.
+fn tokens(cfg: &config::Config) -> Result<auth::Tokens, String> {
+    if cfg.auth.tokens.is_empty() {
+        return admin_token(&cfg.storage.data_dir);
+    }
+    let tokens = auth::Tokens::from_config(&cfg.auth.tokens);
+    let file = cfg.storage.data_dir.join("admin.token");
+    if file.exists() {
+        log::warn!(
+            "tokens are configured, so {} is no longer accepted",
+            file.display()
+        );
+    }
+    if !tokens.has_global_admin() {
+        log::warn!(
+            "no configured token has admin on \"*\": nobody can take backups; \
+             add one with `jobxd token new NAME --role '*=admin'`"
+        );
+    }
+    Ok(tokens)
+}
+
 fn run(cfg: config::Config, config_path: Option<PathBuf>) -> Result<(), String> {
+    // Everything that can refuse the start comes before anything is written.
+    let plugins = load_plugins(&cfg)?;
     let store = store::Store::open(&cfg.storage.data_dir).map_err(|e| e.to_string())?;
-    let tokens = if cfg.auth.tokens.is_empty() {
-        admin_token(&cfg.storage.data_dir)?
-    } else {
-        auth::Tokens::from_config(&cfg.auth.tokens)
-    };
-    let plugins =
-        jobx_plugin_api::host::PluginSet::load(&cfg.plugin_dirs(), &cfg.plugin_settings())?;
+    let tokens = tokens(&cfg)?;
     for (ty, file) in plugins.files() {
         log::info!("plugin {ty} loaded from {}", file.display());
     }
@@ -106,6 +144,7 @@ fn run(cfg: config::Config, config_path: Option<PathBuf>) -> Result<(), String> 
         log::info!("resumed {resumed} unfinished task(s)");
     }
     let mut retention = ops::retention::start(engine.store.clone(), &cfg.logs);
+    let mut webhooks = notify::worker::start(engine.clone());
     let app = Arc::new(state::App::new(cfg, engine.clone(), tokens));
     ops::reload::watch(app.clone(), config_path)
         .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
@@ -125,6 +164,7 @@ fn run(cfg: config::Config, config_path: Option<PathBuf>) -> Result<(), String> 
             .map_err(|e| e.to_string())
     })?;
     retention.stop();
+    webhooks.stop();
     // Step logs queued so far are committed; dropping the last handle closes the store.
     engine.logs.close();
     drop(app);
@@ -149,6 +189,19 @@ fn main() -> ExitCode {
         println!("jobxd {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    if let Some(name) = &cli.token_new {
+        let token = ids::new_token();
+        return match auth::token_entry(name, &token, &cli.roles) {
+            Ok(entry) => {
+                println!("token: {token}\n\n# add to jobxd.toml, then: systemctl reload jobxd\n{entry}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("jobxd token new: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cfg = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -157,8 +210,16 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
+        return match load_plugins(&cfg) {
+            Ok(p) => {
+                println!("configuration ok (plugins: {})", p.types().join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("jobxd: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     if let (true, Some(to)) = (cli.backup, &cli.to) {
         return match ops::backup::client(&cfg, to) {

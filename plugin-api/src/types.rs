@@ -117,7 +117,11 @@ pub struct StepRequest {
     pub env: BTreeMap<String, String>,
     /// The step fails with `timeout after N s` when it runs longer.
     pub timeout_secs: u64,
-    /// The raw step parameters from the job, for custom plugins.
+    /// A custom plugin's own parameters: the job step's fields other than
+    /// the common ones (`uuid`, `name`, `plugin`, `timeout`, `action`,
+    /// `batches`) and the typed executor fields (`kind`, `script`,
+    /// `interpreter`, `args`, `user`, `env`, `src`, `dst`, `chmod`, `chown`,
+    /// `delete`), untouched. Empty for the built-in executors.
     pub params: serde_json::Map<String, serde_json::Value>,
     /// The daemon's data directory (for control sockets, known_hosts, scratch files).
     pub data_dir: String,

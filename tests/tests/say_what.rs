@@ -304,6 +304,7 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
 #[test]
 fn the_task_list_is_ascending_and_keeps_the_newest() {
     let d = Daemon::start("");
+    nodes(&d, 10, &["n"]);
     job(&d, 10, "j", json!([{"plugin": "local", "script": "true"}]));
     let mut uuids = Vec::new();
     for _ in 0..5 {

@@ -276,12 +276,38 @@ fn group_from_body(pid: u64, b: &Map<String, Value>) -> Result<Group> {
     })
 }
 
+/// Nodes a list group names that the inventory lacks. The group is saved
+/// all the same (OPEN-C3 does), but a task over them would be refused.
+fn missing_nodes(s: &crate::store::Store, pid: u64, g: &Group) -> Result<Vec<String>> {
+    if g.group_type != "list" {
+        return Ok(Vec::new());
+    }
+    let named = batching::parse_list(&g.text).map_err(Error::Bad)?;
+    let have: std::collections::BTreeSet<String> =
+        s.nodes(pid)?.into_iter().map(|n| n.name).collect();
+    Ok(named.into_iter().flatten().filter(|n| !have.contains(n)).collect())
+}
+
+/// A saved group, with `warnings` naming the nodes not in the inventory.
+fn saved_group(g: &Group, missing: &[String]) -> Reply {
+    let warnings: Vec<String> = missing
+        .iter()
+        .map(|n| format!("node not in project: {n}"))
+        .collect();
+    Reply::Body(json!({"stat": true, "data": g.to_api(), "warnings": warnings}))
+}
+
 async fn group_create(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Write)?;
     let b = body(&mut req).await?;
     let g = group_from_body(pid, &b)?;
-    let g = run(req.state(), move |s| s.save_group(&who.name, None, g)).await?;
-    Ok(Reply::Data(g.to_api()))
+    let (g, missing) = run(req.state(), move |s| {
+        let g = s.save_group(&who.name, None, g)?;
+        let missing = missing_nodes(s, pid, &g)?;
+        Ok((g, missing))
+    })
+    .await?;
+    Ok(saved_group(&g, &missing))
 }
 
 async fn group_update(mut req: Req) -> Result<Reply> {
@@ -289,8 +315,13 @@ async fn group_update(mut req: Req) -> Result<Reply> {
     let id = group_id(&req)?;
     let b = body(&mut req).await?;
     let g = group_from_body(pid, &b)?;
-    let g = run(req.state(), move |s| s.save_group(&who.name, Some(id), g)).await?;
-    Ok(Reply::Data(g.to_api()))
+    let (g, missing) = run(req.state(), move |s| {
+        let g = s.save_group(&who.name, Some(id), g)?;
+        let missing = missing_nodes(s, pid, &g)?;
+        Ok((g, missing))
+    })
+    .await?;
+    Ok(saved_group(&g, &missing))
 }
 
 async fn group_delete(req: Req) -> Result<Reply> {
@@ -307,10 +338,15 @@ async fn group_preview(req: Req) -> Result<Reply> {
         let g = s
             .group(pid, id)?
             .ok_or_else(|| Error::NotFound(format!("no group {id} in project {pid}")))?;
-        crate::engine::compute_batches(s, &who, pid, &g)
+        let missing = missing_nodes(s, pid, &g)?;
+        Ok((crate::engine::compute_batches(s, &who, pid, &g)?, missing))
     })
     .await?;
-    Ok(Reply::Data(json!(batches)))
+    let (batches, missing) = batches;
+    // `missing`: nodes of a list group that the inventory lacks.
+    Ok(Reply::Body(
+        json!({"stat": true, "data": batches, "missing": missing}),
+    ))
 }
 
 async fn oplog_list(req: Req) -> Result<Reply> {

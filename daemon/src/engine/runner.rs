@@ -558,10 +558,9 @@ fn request_template(
     } else {
         step_kind(step, &vars)?
     };
-    let params = match serde_json::to_value(step) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    };
+    // A plugin gets only its own parameters (a custom plugin's step fields
+    // beyond the common ones), never jobx's internal step record.
+    let params = step.extra.clone();
     let template = StepRequest {
         task: task.uuid.clone(),
         subtask: sub.uuid.clone(),

@@ -3,11 +3,15 @@
 //! acknowledges it; an operation-log entry is written in the same
 //! transaction as the change it describes.
 
+mod compat;
 mod inventory;
 mod maintenance;
+mod outbox;
+mod projects;
 mod tasks;
 
-pub use tasks::TaskFilter;
+pub use compat::NamedTask;
+pub use tasks::{TaskFilter, Tx};
 
 use crate::error::{Error, Result};
 use crate::model::OpLog;
@@ -103,7 +107,14 @@ impl Store {
             ))
         })?;
         let path = data_dir.join("jobx.redb");
-        let db = Database::create(&path)?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Internal(format!(
+                "cannot open {}: the store is in use by another process \
+                 (is another jobxd running with the same data_dir?)",
+                path.display()
+            )),
+            other => Error::from(other),
+        })?;
         let store = Store { db, path };
         store.write(|tx| {
             tx.open_table(META)?;
@@ -115,6 +126,7 @@ impl Store {
             tx.open_table(GROUP_NAMES)?;
             tx.open_table(GROUP_INDEX)?;
             tx.open_table(OPLOG)?;
+            outbox::create_tables(tx)?;
             tasks::create_tables(tx)
         })?;
         Ok(store)
