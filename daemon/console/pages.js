@@ -583,6 +583,26 @@ function barChart(title, rows, opts) {
   return el("figure", { class: "chart" }, el("figcaption", null, title), g);
 }
 
+// One bar per day of the last `n` days (days without tasks too).
+function lastDays(rows, n) {
+  const by = {};
+  rows.forEach(function (x) { by[x[0]] = x; });
+  const out = [];
+  const day = new Date();
+  day.setHours(12, 0, 0, 0);
+  day.setDate(day.getDate() - (n - 1));
+  for (let i = 0; i < n; i++) {
+    const key = day.getFullYear() + "-" + String(day.getMonth() + 1).padStart(2, "0") + "-" + String(day.getDate()).padStart(2, "0");
+    const x = by[key];
+    delete by[key];
+    out.push({ label: key, short: key.slice(5), value: x ? x[1] : 0, part: x ? x[2] : 0 });
+    day.setDate(day.getDate() + 1);
+  }
+  // Days the server counted that this browser's calendar did not list (time zones).
+  Object.keys(by).sort().forEach(function (k) { out.push({ label: k, short: k.slice(5), value: by[k][1], part: by[k][2] }); });
+  return out;
+}
+
 App.pages.stats = function (ctx) {
   const pid = ctx.pid;
   const box = el("div", { class: "charts" });
@@ -598,7 +618,7 @@ App.pages.stats = function (ctx) {
     const hours = [];
     for (let i = 0; i < 24; i++) hours.push({ label: String(i).padStart(2, "0") + ":00", short: String(i), value: byHour[i] || 0 });
     fillIf(box, [d.data, h.data, r.data], function () { return [
-      barChart("Tasks per day", d.data.map(function (x) { return { label: x[0], short: x[0].slice(5), value: x[1], part: x[2] }; })),
+      barChart("Tasks per day", lastDays(d.data, 30)),
       barChart("Tasks per hour of day", hours),
       barChart("Runtime of finished tasks (minutes, share)", Object.keys(r.data).map(function (k) { return { label: k + " min", short: k, value: parseFloat(r.data[k]) }; }), { unit: "%" })]; });
   }, 10000);
