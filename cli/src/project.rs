@@ -660,6 +660,21 @@ message = "go on with ${version}?"
         assert_eq!(emit(&p), CANONICAL);
     }
 
+    /// The first TOML block of a Markdown text.
+    fn toml_block(md: &str) -> &str {
+        let start = md.find("```toml\n").expect("a toml block") + 8;
+        let len = md[start..].find("```").expect("block end");
+        &md[start..start + len]
+    }
+
+    #[test]
+    fn the_documented_example_is_in_canonical_form() {
+        let text = toml_block(include_str!("../../docs/project-file.md"));
+        let p = parse(text).expect("the example parses");
+        assert_eq!(p.jobs[0].steps.len(), 4);
+        assert_eq!(emit(&p), text);
+    }
+
     #[test]
     fn defaults_are_left_out_and_server_answers_compare_equal() {
         let file = parse(

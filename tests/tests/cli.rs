@@ -746,3 +746,22 @@ fn login_checks_the_token_and_saves_a_private_context() {
     assert!(o.stdout.contains("from-context"), "{o}");
     assert_eq!(u.run(&["--context", "nope", "node", "ls"]).code, 2);
 }
+
+#[test]
+fn the_documented_project_file_applies_and_exports_unchanged() {
+    let md = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/project-file.md"),
+    )
+    .expect("docs/project-file.md");
+    let start = md.find("```toml\n").expect("a toml block") + 8;
+    let text = &md[start..start + md[start..].find("```").expect("block end")];
+    let d = Daemon::start("");
+    let u = User::new(&d);
+    let file = u.path("example.toml");
+    std::fs::write(&file, text).expect("write");
+    let o = u.ok(&["apply", "-f", file.to_str().expect("path")]);
+    assert!(o.stdout.contains("applied to project 7"), "{o}");
+    assert_eq!(u.ok(&["export", "-p", "7"]).stdout, text);
+    let o = u.ok(&["apply", "-f", file.to_str().expect("path")]);
+    assert!(o.stdout.ends_with("no changes\n"), "{o}");
+}
