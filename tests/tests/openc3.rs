@@ -822,8 +822,8 @@ fn flowline_pages() {
         .as_array()
         .expect("rows")
         .iter()
-        .filter(|t| scan(&t["variable"], "_jobtype_") == "online")
-        .last()
+        .rev()
+        .find(|t| scan(&t["variable"], "_jobtype_") == "online")
         .cloned()
         .expect("online task");
     assert_eq!(scan(&last_online["variable"], "version"), "release-2");

@@ -378,7 +378,7 @@ async fn flowline_version(req: Req) -> Result<Reply> {
             true
         })?;
         let mut v: Vec<_> = per_project.into_values().collect();
-        v.sort_by(|a, b| b.id.cmp(&a.id));
+        v.sort_by_key(|t| std::cmp::Reverse(t.id));
         Ok(v)
     })
     .await?;
@@ -509,7 +509,7 @@ mod tests {
             "group": "_ci_online_5_", "user": "alice", "slave": "s", "status": "success",
             "created_ms": 1, "start_ms": if started { Some(2) } else { None }, "finish_ms": null,
             "calltype": "page", "reason": "",
-            "variable": {"version": "2.0", "_rollbackVersion_": "1.0", "_jobtype_": "online"},
+            "variable": {"version": "r2", "_rollbackVersion_": "r1", "_jobtype_": "online"},
             "vars": {}, "steps": [], "nodes": {}, "batches": 1, "action": "deploy",
             "stopped_by": null, "decision": decision
         }))
@@ -523,11 +523,11 @@ mod tests {
         assert_eq!(p["name"], "_ci_5_");
         assert_eq!(p["slave"], "_null_");
         assert_eq!(p["status"], "success");
-        assert_eq!(p["variables"]["version"], "1.0");
+        assert_eq!(p["variables"]["version"], "r1");
         assert!(p["variable"]
             .as_str()
             .unwrap_or("")
-            .contains("version: 1.0"));
+            .contains("version: r1"));
         let p = placeholder(&deploy("", true)).expect("skip row");
         assert_eq!(p["name"], "_skip_");
         assert_eq!(p["user"], "sys");
