@@ -264,10 +264,31 @@ pub fn apply(ctx: &Ctx, flag_project: Option<u64>, a: ApplyArgs) -> Result<Exit>
     Ok(Exit::Ok)
 }
 
+/// `export --json`: the server's own answers, groups with their texts.
+fn export_json(ctx: &Ctx, p: u64) -> Result<Value> {
+    let mut groups = Vec::new();
+    for g in as_list(&ctx.client.get(&format!("/group/{p}"))?) {
+        if let Some(id) = g["id"].as_u64() {
+            groups.push(ctx.client.get(&format!("/group/{p}/{id}"))?);
+        }
+    }
+    groups.sort_by_key(|g| g["id"].as_u64());
+    Ok(json!({
+        "project": p,
+        "nodes": ctx.client.get(&format!("/node/{p}"))?,
+        "groups": groups,
+        "jobs": ctx.client.get(&format!("/job/{p}"))?,
+    }))
+}
+
 pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<Exit> {
     let p = ctx.project()?;
-    let live = fetch(ctx, p)?;
-    let text = project::emit(&live.project);
+    let text = if ctx.json {
+        let v = export_json(ctx, p)?;
+        serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()) + "\n"
+    } else {
+        project::emit(&fetch(ctx, p)?.project)
+    };
     match a.output {
         Some(f) => {
             std::fs::write(&f, text)

@@ -1,6 +1,8 @@
 //! `jobx`: the command line of the jobx daemon. It speaks only the HTTP
 //! API; see docs/cli.md.
 
+#![forbid(unsafe_code)]
+
 mod apply;
 mod args;
 mod client;

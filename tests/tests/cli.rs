@@ -645,6 +645,11 @@ fn every_read_prints_json_with_json() {
         }),
         (vec!["approval", "ls"], |v| *v == json!([])),
         (vec!["oplog"], |v| v[0]["title"] == "START TASK"),
+        (vec!["export"], |v| {
+            v["nodes"].as_array().map(Vec::len) == Some(6)
+                && v["groups"][0]["node"] == "web1;web2,web3"
+                && v["jobs"][0]["steps"][0]["uuid"].is_string()
+        }),
         (vec!["stats"], |v| {
             v["last"][0]["status"] == "success" && v["count"]["success"] == 1
         }),
