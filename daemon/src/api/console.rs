@@ -274,8 +274,17 @@ fn origin_allowed(req: &Req) -> bool {
 
 /// The last step of `principal()`: the console's session cookie. Writes
 /// (anything but GET and HEAD) must carry the session's CSRF token and come
-/// from our own origin.
+/// from our own origin. A write a browser sends from another site is refused
+/// as such even when its cookie stayed behind (`SameSite=Strict`): it can
+/// only be a forgery, and saying so beats a puzzling 401.
 pub fn from_cookie(req: &Req) -> Result<Principal> {
+    let write = !matches!(
+        req.method(),
+        tide::http::Method::Get | tide::http::Method::Head
+    );
+    if write && !origin_allowed(req) {
+        return Err(Error::Forbidden("cross-site request refused".into()));
+    }
     if cookie_value(req).is_none() {
         return Err(Error::Unauthorized(
             "authentication required: Authorization: Bearer <token>, or appname and appkey headers"
@@ -285,15 +294,11 @@ pub fn from_cookie(req: &Req) -> Result<Principal> {
     let (s, who) = session_of(req).ok_or_else(|| {
         Error::Unauthorized("console session expired or ended: sign in again at /ui/login".into())
     })?;
-    let read_only = matches!(
-        req.method(),
-        tide::http::Method::Get | tide::http::Method::Head
-    );
-    if !read_only {
+    if write {
         let csrf_ok = req
             .header("x-csrf-token")
             .is_some_and(|v| secret_eq(v.last().as_str(), &s.csrf));
-        if !csrf_ok || !origin_allowed(req) {
+        if !csrf_ok {
             return Err(Error::Forbidden("cross-site request refused".into()));
         }
     }
@@ -319,7 +324,11 @@ async fn projects(req: Req) -> Result<Reply> {
 async fn group_preview(mut req: Req) -> Result<Reply> {
     let (pid, who) = project(&req, Role::Read)?;
     let b = body(&mut req).await?;
-    known_fields(&b, &["group_type", "node", "percent", "labels", "name", "note"], "")?;
+    known_fields(
+        &b,
+        &["group_type", "node", "percent", "labels", "name", "note"],
+        "",
+    )?;
     let gt = req_str(&b, "group_type")?;
     let ty = crate::batching::GroupType::parse(&gt)
         .ok_or_else(|| Error::Bad(format!("group_type: {gt:?} is not list or percent")))?;
@@ -332,7 +341,10 @@ async fn group_preview(mut req: Req) -> Result<Reply> {
         return Err(Error::Bad(format!("{field}: longer than 100000 bytes")));
     }
     crate::batching::parse(ty, &text).map_err(|e| Error::Bad(format!("{field}: {e}")))?;
-    let labels = opt_str(&b, "labels")?.unwrap_or_default().trim().to_string();
+    let labels = opt_str(&b, "labels")?
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     crate::labels::Selector::parse_opt(&labels).map_err(|e| Error::Bad(format!("labels: {e}")))?;
     let g = crate::model::Group {
         labels,
