@@ -770,3 +770,65 @@ fn the_documented_project_file_applies_and_exports_unchanged() {
     let o = u.ok(&["apply", "-f", file.to_str().expect("path")]);
     assert!(o.stdout.ends_with("no changes\n"), "{o}");
 }
+
+#[test]
+fn login_at_a_terminal_prompts_without_echo() {
+    let d = Daemon::start("");
+    let u = User::bare();
+    let mut line = String::from("env");
+    for (k, v) in &u.env {
+        line.push_str(&format!(" {k}={}", sh_quote(v)));
+    }
+    let exit_file = u.path("exit-code");
+    line.push_str(&format!(
+        " {} login --server {} -p 10; echo $? > {}",
+        sh_quote(&bin_dir().join("jobx").display().to_string()),
+        sh_quote(&d.base),
+        sh_quote(&exit_file.display().to_string()),
+    ));
+    let tmux = Tmux::new();
+    let o = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "160",
+        "-y",
+        "20",
+        "sh",
+        "-c",
+        &format!("{line}; sleep 3600"),
+    ]);
+    assert!(
+        o.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let prompt = format!("token for {}: ", d.base);
+    wait_for("the token prompt", T, || {
+        tmux.pane().contains(&prompt).then_some(())
+    });
+    assert!(tmux
+        .cmd(&["send-keys", "-t", "t", "-l", ADMIN])
+        .status
+        .success());
+    assert!(tmux
+        .cmd(&["send-keys", "-t", "t", "Enter"])
+        .status
+        .success());
+    let code = wait_for("jobx login to exit", T, || {
+        std::fs::read_to_string(&exit_file)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    });
+    let pane = tmux.pane();
+    assert_eq!(code.trim(), "0", "{pane}");
+    assert!(!pane.contains(ADMIN), "the token was echoed:\n{pane}");
+    assert!(pane.contains("context \"default\" saved"), "{pane}");
+    let saved = std::fs::read_to_string(u.path("config/jobx/config.toml")).expect("config");
+    assert!(
+        saved.contains(ADMIN) && saved.contains("project = 10"),
+        "{saved}"
+    );
+}
