@@ -20,6 +20,7 @@ pub mod abi;
 pub mod base64;
 pub mod config;
 pub mod plugin;
+pub mod testing;
 mod types;
 
 #[cfg(feature = "host")]

@@ -3,10 +3,13 @@
 //! - `panic`: panics inside `start`
 //! - `panic-later`: panics on its own thread after starting (no `done`)
 //! - anything else: succeeds, echoing the script
+//!
+//! With `[plugins.crashy] newer_results = true` it speaks as a plugin built
+//! against a later SDK of the same ABI (see `newer`).
 
-use jobx_plugin_api::{
-    export_plugin, Executor, Reporter, RunId, StepKind, StepRequest, StepResult, Stream,
-};
+mod newer;
+
+use jobx_plugin_api::{Executor, Reporter, RunId, StepKind, StepRequest, StepResult, Stream};
 
 pub struct Crashy;
 
@@ -42,4 +45,9 @@ impl Executor for Crashy {
     fn cancel(&self, _run: RunId) {}
 }
 
-export_plugin!(Crashy);
+/// The jobx plugin entry point (ABI version 1): what `export_plugin!`
+/// generates, with the table of `newer`.
+#[unsafe(no_mangle)]
+pub extern "C" fn jobx_plugin_v1() -> *const jobx_plugin_api::abi::PluginTable {
+    &newer::TABLE
+}
