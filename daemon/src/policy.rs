@@ -506,10 +506,19 @@ mod tests {
         }
     }
 
+    /// (tolerate, total, outcomes, task nodes, failed before, verdict)
+    type CapCase = (
+        &'static str,
+        &'static str,
+        Vec<NodeOutcome>,
+        usize,
+        usize,
+        Verdict,
+    );
+
     #[test]
     fn cumulative_cap() {
-        // (tolerate, total, outcomes, task nodes, failed before, verdict)
-        let cases: Vec<(&str, &str, Vec<NodeOutcome>, usize, usize, Verdict)> = vec![
+        let cases: Vec<CapCase> = vec![
             (
                 "1",
                 "2",
