@@ -347,6 +347,19 @@ mod tests {
     }
 
     #[test]
+    fn sessions_keep_a_digest_that_must_stay_configured() {
+        let t = Tokens::from_config(&[cfg("bot", Some("secret-1"), None, &[("*", "read")])]);
+        let (d, p) = t.check_digest("secret-1").expect("known token");
+        assert_eq!(p.via, Via::Token);
+        assert_eq!(p.calltype(), "api");
+        assert_eq!(t.by_digest(&d).map(|p| p.name), Some("bot".to_string()));
+        assert_eq!(p.with_via(Via::Session).calltype(), "page");
+        assert!(t.check_digest("secret-2").is_none());
+        let reloaded = Tokens::from_config(&[cfg("bot", Some("secret-3"), None, &[("*", "read")])]);
+        assert!(reloaded.by_digest(&d).is_none(), "token removed by a reload");
+    }
+
+    #[test]
     fn role_order() {
         assert!(
             Role::Read < Role::Write && Role::Write < Role::Control && Role::Control < Role::Admin
