@@ -16,6 +16,26 @@ pub struct Config {
     pub logs: Logs,
     pub auth: Auth,
     pub plugins: Plugins,
+    pub console: Console,
+}
+
+/// The web console under `/ui/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Console {
+    /// How long a sign-in lasts.
+    pub session_ttl_secs: u64,
+    /// Mark the session cookie `Secure` even without `X-Forwarded-Proto: https`.
+    pub secure_cookie: bool,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            session_ttl_secs: 43_200,
+            secure_cookie: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +153,9 @@ impl Config {
         }
         if !self.logs.retention_days.is_finite() || self.logs.retention_days < 0.0 {
             return Err("logs.retention_days: must be a number of days, 0 or more".into());
+        }
+        if self.console.session_ttl_secs == 0 {
+            return Err("console.session_ttl_secs: must be at least 1".into());
         }
         if self.logs.retention_check_secs == 0 {
             return Err("logs.retention_check_secs: must be at least 1".into());
@@ -260,6 +283,21 @@ mod tests {
         assert!(e.contains("logs.retention_days"), "{e}");
         let e = Config::parse("[logs]\nretention_check_secs = 0").unwrap_err();
         assert!(e.contains("logs.retention_check_secs"), "{e}");
+    }
+
+    #[test]
+    fn console_section() {
+        let c = Config::parse("").expect("defaults");
+        assert_eq!(c.console.session_ttl_secs, 43_200);
+        assert!(!c.console.secure_cookie);
+        let c = Config::parse("[console]\nsession_ttl_secs = 60\nsecure_cookie = true\n")
+            .expect("console keys");
+        assert_eq!(c.console.session_ttl_secs, 60);
+        assert!(c.console.secure_cookie);
+        let e = Config::parse("[console]\nsession_ttl_secs = 0").unwrap_err();
+        assert!(e.contains("console.session_ttl_secs"), "{e}");
+        let e = Config::parse("[console]\nsecure = true").unwrap_err();
+        assert!(e.contains("secure"), "{e}");
     }
 
     #[test]

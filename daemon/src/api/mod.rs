@@ -1,6 +1,7 @@
 //! HTTP routes (tide). Handlers are thin: parse, authorize, call, render.
 //! Everything tide-specific stays in this module.
 
+mod console;
 mod inventory;
 mod plugin_http;
 mod stats;
@@ -68,7 +69,8 @@ where
     }
 }
 
-/// The caller's identity from `Authorization: Bearer` or `appname` + `appkey`.
+/// The caller's identity from `Authorization: Bearer`, `appname` + `appkey`,
+/// or the console's session cookie.
 pub fn principal(req: &Req) -> Result<Principal> {
     let tokens = req.state().tokens();
     if let Some(auth) = req.header("authorization") {
@@ -99,10 +101,8 @@ pub fn principal(req: &Req) -> Result<Principal> {
         (Some(name), Some(key)) => tokens
             .check_named(name.last().as_str(), key.last().as_str())
             .ok_or_else(|| Error::Unauthorized("unknown appname/appkey".into())),
-        _ => Err(Error::Unauthorized(
-            "authentication required: Authorization: Bearer <token>, or appname and appkey headers"
-                .into(),
-        )),
+        // The console's session cookie (writes need its CSRF token).
+        _ => console::from_cookie(req),
     }
 }
 
@@ -299,6 +299,7 @@ pub fn routes(app: Arc<App>) -> tide::Server<Arc<App>> {
     tasks::routes(&mut s);
     third::routes(&mut s);
     plugin_http::routes(&mut s);
+    console::routes(&mut s);
     s.at("*").all(h(not_found));
     s.at("/").all(h(not_found));
     s
