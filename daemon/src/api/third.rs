@@ -113,7 +113,7 @@ async fn dry_run(mut req: Req) -> Result<Reply> {
         .map(|s| json!({"uuid": s.uuid, "name": s.name, "plugin": s.plugin, "action": s.action, "batches": s.batches}))
         .collect();
     Ok(Reply::Body(
-        json!({"stat": true, "uuid": uuid, "msg": "ok", "data": {"batches": batches, "steps": steps}}),
+        json!({"stat": true, "uuid": uuid, "msg": "ok", "data": {"batches": batches, "steps": steps, "policy": task.policy}}),
     ))
 }
 

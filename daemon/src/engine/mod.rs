@@ -546,6 +546,12 @@ impl Engine {
                         s.failed_nodes = s.nodes.clone();
                     }
                     tx.put_subtask(&s)?;
+                    self.notify
+                        .emit(tx, crate::notify::Kind::Failed, &t, Some(&s), None)?;
+                    if s.waiting() {
+                        self.notify
+                            .emit(tx, crate::notify::Kind::Waiting, &t, Some(&s), None)?;
+                    }
                     let then = if s.waiting() {
                         "waits for confirmation"
                     } else {

@@ -304,6 +304,9 @@ impl Store {
         rows += copy_table(&src, &dst, MAINT, &mut copied)?;
         rows += copy_table(&src, &dst, LOG_EXPIRY, &mut copied)?;
         rows += copy_table(&src, &dst, LOG_WATCH, &mut copied)?;
+        rows += copy_table(&src, &dst, super::outbox::OUTBOX, &mut copied)?;
+        rows += copy_table(&src, &dst, super::outbox::OUTBOX_DUE, &mut copied)?;
+        rows += copy_table(&src, &dst, super::outbox::DELIVERIES, &mut copied)?;
         // A table added elsewhere and not listed above would be silently
         // missing from backups: refuse instead.
         for t in src.list_tables()? {
