@@ -741,24 +741,29 @@ fn group_editor_previews_as_you_type_and_shows_the_servers_message() {
     b.type_into(&By::css("#group-name"), "rolling");
     b.select_value("select#group-type", "percent");
     b.type_into(&By::css("#group-text"), "1:2:50%");
-    let preview = b.wait_for("the preview of 1:2:50%", SEE, |b| {
-        let p: Vec<String> = b
-            .find_all(&By::css("#group-preview .preview-batch"))
-            .iter()
-            .filter_map(|e| e.text().ok())
-            .collect();
-        (p.len() == 3).then_some(p)
-    });
-    b.screenshot("preview");
     let words = |t: &str| -> Vec<String> {
         t.split(|c: char| !c.is_ascii_alphanumeric())
             .filter(|w| w.starts_with('n') && w.len() == 2)
             .map(String::from)
             .collect()
     };
-    assert_eq!(words(&preview[0]), ["n1"], "{preview:?}");
-    assert_eq!(words(&preview[1]), ["n2", "n3"], "{preview:?}");
-    assert_eq!(words(&preview[2]), ["n4", "n5", "n6"], "{preview:?}");
+    let want = [vec!["n1"], vec!["n2", "n3"], vec!["n4", "n5", "n6"]];
+    let mut last = Vec::new();
+    let shown = jobx_tests::poll(SEE, || {
+        let p: Vec<Vec<String>> = b
+            .find_all(&By::css("#group-preview .preview-batch"))
+            .iter()
+            .filter_map(|e| e.text().ok())
+            .map(|t| words(&t))
+            .collect();
+        last = p.clone();
+        (p == want).then_some(())
+    });
+    b.screenshot("preview");
+    assert!(
+        shown.is_some(),
+        "the preview of 1:2:50% over n1..n6 shows {last:?}, not {want:?}"
+    );
 
     b.type_into(&By::css("#group-text"), "1:0");
     let msg = b.wait_text(&By::css("#group-error"), SEE, "the 400's message", |t| {
@@ -852,13 +857,17 @@ fn markup_and_ansi_in_names_variables_and_logs_are_shown_as_text() {
     let node = SCRIPT_TAG;
     let job_name = format!("job {SCRIPT_TAG}");
     let group_name = IMG_TAG;
+    // every place holds a string of its own, so each check finds its place
+    let version = format!("2.0 {SCRIPT_TAG}");
+    let note = format!("note {IMG_TAG}");
+    let step_name = format!("step {IMG_TAG}");
     nodes(&d, 10, &["web1", node]);
     group(&d, 10, group_name, "list", &format!("web1;{node}"));
     job(
         &d,
         10,
         &job_name,
-        json!([{"name": format!("step {IMG_TAG}"), "plugin": "local",
+        json!([{"name": step_name, "plugin": "local",
                 "script": "printf '%s\\n' \"$version\"; printf '%s\\n' \"$note\"; printf '\\033[31mRED-ALERT\\033[0m plain\\n'"}]),
     );
     let uuid = start(
@@ -866,7 +875,7 @@ fn markup_and_ansi_in_names_variables_and_logs_are_shown_as_text() {
         10,
         &job_name,
         group_name,
-        json!({"version": SCRIPT_TAG, "note": IMG_TAG}),
+        json!({"version": version, "note": note}),
     );
     let t = wait_finished(&d, 10, &uuid, T);
     assert_eq!(t["status"], "success", "{t}");
@@ -881,7 +890,14 @@ fn markup_and_ansi_in_names_variables_and_logs_are_shown_as_text() {
     assert_inert(&b, "the tasks list");
 
     open_task(&b, &d, &uuid, "task");
-    for s in [job_name.as_str(), group_name, SCRIPT_TAG] {
+    for s in [
+        job_name.as_str(),
+        group_name,
+        node,
+        &version,
+        &note,
+        &step_name,
+    ] {
         b.wait_for(&format!("{s:?} as text on the task page"), SEE, |b| {
             dom_has_text(b, s).then_some(())
         });
@@ -901,8 +917,8 @@ fn markup_and_ansi_in_names_variables_and_logs_are_shown_as_text() {
         .expect("step uuid")
         .to_string();
     click_cell(&b, &second, node, &step);
-    wait_log_line(&b, "the version", |l| l == SCRIPT_TAG);
-    wait_log_line(&b, "the note", |l| l == IMG_TAG);
+    wait_log_line(&b, "the version", |l| l == version);
+    wait_log_line(&b, "the note", |l| l == note);
     wait_log_line(&b, "the ANSI line without escapes", |l| {
         l == "RED-ALERT plain"
     });
@@ -940,8 +956,7 @@ fn markup_and_ansi_in_names_variables_and_logs_are_shown_as_text() {
     );
     b.wait_for("the payloads as log text", SEE, |b| {
         let l = lines_in(b, ".logbox");
-        (l.iter().any(|l| l.contains(SCRIPT_TAG)) && l.iter().any(|l| l.contains(IMG_TAG)))
-            .then_some(())
+        (l.iter().any(|l| l == &version) && l.iter().any(|l| l == &note)).then_some(())
     });
     assert_inert(&b, "the log page");
 
@@ -1141,4 +1156,31 @@ fn cross_origin_form_post_with_a_valid_session_is_refused() {
     // and the session is still signed in
     b.goto(&ui(&d, "#/projects"));
     b.wait_text(&By::css("#user"), SEE, "admin", |t| t.trim() == "admin");
+}
+
+#[test]
+fn removing_the_token_from_the_config_ends_its_sessions_on_sighup() {
+    let d = Daemon::start("");
+    let b = Browser::start("revoked");
+    sign_in(&b, &d, READER, "reader");
+    open(&b, &d, "#/projects", &By::css("#user"), "reader-signed-in");
+    assert_eq!(b.fetch("/ui/session", json!({})).0, 200);
+    let text = std::fs::read_to_string(&d.config_path).expect("read config");
+    let mut t: toml::Table = text.parse().expect("config is TOML");
+    t.get_mut("auth")
+        .and_then(|a| a.as_table_mut())
+        .and_then(|a| a.get_mut("tokens"))
+        .and_then(|x| x.as_array_mut())
+        .expect("[[auth.tokens]]")
+        .retain(|x| x.get("name").and_then(|n| n.as_str()) != Some("reader"));
+    std::fs::write(&d.config_path, toml::to_string(&t).expect("TOML")).expect("write");
+    // SAFETY: kill(2) on the pid of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) }, 0);
+    wait_for("the reload", SEE, || {
+        d.stderr().contains("SIGHUP: reloaded").then_some(())
+    });
+    assert_eq!(b.fetch("/ui/session", json!({})).0, 401);
+    b.goto(&ui(&d, "#/projects"));
+    b.wait_visible(&By::css("#token"), SEE);
+    b.screenshot("login-after-revocation");
 }
