@@ -388,6 +388,7 @@ fn label_selectors_target_groups_and_filter_the_node_list() {
 /// One request the receiver got, and the status it answered.
 #[derive(Clone, Debug)]
 struct Received {
+    path: String,
     headers: BTreeMap<String, String>,
     body: String,
     answered: u16,
@@ -407,13 +408,11 @@ struct Receiver {
     failures: Arc<AtomicUsize>,
 }
 
-fn read_request(stream: &TcpStream) -> Option<(BTreeMap<String, String>, String)> {
+fn read_request(stream: &TcpStream) -> Option<(String, BTreeMap<String, String>, String)> {
     let mut r = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
-    if !line.starts_with("POST ") {
-        return None;
-    }
+    let path = line.strip_prefix("POST ")?.split(' ').next()?.to_string();
     let mut headers = BTreeMap::new();
     loop {
         line.clear();
@@ -428,7 +427,7 @@ fn read_request(stream: &TcpStream) -> Option<(BTreeMap<String, String>, String)
     let len: usize = headers.get("content-length")?.parse().ok()?;
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    Some((headers, String::from_utf8(body).ok()?))
+    Some((path, headers, String::from_utf8(body).ok()?))
 }
 
 impl Receiver {
@@ -442,7 +441,7 @@ impl Receiver {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let Some((headers, body)) = read_request(&stream) else {
+                let Some((path, headers, body)) = read_request(&stream) else {
                     continue;
                 };
                 let fail = f
@@ -451,6 +450,7 @@ impl Receiver {
                 let answered = if fail { 500 } else { 200 };
                 if let Ok(mut g) = g.lock() {
                     g.push(Received {
+                        path,
                         headers,
                         body,
                         answered,
@@ -476,6 +476,7 @@ impl Receiver {
 }
 
 const SECRET: &str = "webhook-secret-for-tests-01";
+const SECRET2: &str = "another-secret-for-tests-02";
 
 /// HMAC-SHA256 of `body` keyed with `key`, computed by the openssl CLI
 /// (independent of the daemon's code), as `sha256=<hex>`.
@@ -500,7 +501,7 @@ fn openssl_hmac(key: &str, body: &str) -> String {
 
 fn webhook_config(r: &Receiver) -> String {
     format!(
-        "[notify]\nmax_attempts = 6\n\n[[notify.webhooks]]\nurl = \"http://{}/hook/path-secret\"\nsecret = \"{SECRET}\"\nevents = [\"waiting\", \"approval\", \"finished\"]\n",
+        "[notify]\nmax_attempts = 6\n\n[[notify.webhooks]]\nurl = \"http://{0}/hook/path-secret\"\nsecret = \"{SECRET}\"\nevents = [\"waiting\", \"approval\", \"finished\"]\n\n[[notify.webhooks]]\nurl = \"http://{0}/other\"\nsecret = \"{SECRET2}\"\nevents = [\"failed\", \"rollback_decision\"]\n",
         r.addr
     )
 }
@@ -676,4 +677,42 @@ fn webhooks_get_signed_events_retried_after_a_500_and_delivered_after_a_restart(
         .unwrap_or(0);
     assert!(n >= 2, "attempt {n}");
     assert_eq!(after.json()["task"]["uuid"], second.as_str());
+
+    // the other webhook gets only its own events, signed with its own secret
+    assert!(r.got().iter().all(|g| g.path == "/hook/path-secret"));
+    job(
+        &d,
+        10,
+        "bad",
+        json!([{"name": "boom", "plugin": "local", "script": "exit 1"}]),
+    );
+    let third = start(
+        &d,
+        10,
+        "bad",
+        "one",
+        json!({"_exit_": "1", "_rollbackVersion_": "1"}),
+    );
+    assert_eq!(wait_finished(&d, 10, &third, T)["status"], "fail");
+    let other = wait_for(
+        "failed and rollback_decision on the other webhook",
+        T,
+        || {
+            let got: Vec<Received> = r.got().into_iter().filter(|g| g.path == "/other").collect();
+            (got.len() == 2).then_some(got)
+        },
+    );
+    let events: Vec<Value> = other.iter().map(Received::json).collect();
+    assert_eq!(events[0]["event"], "failed", "{events:?}");
+    assert_eq!(events[0]["batch"]["failed_nodes"], json!(["n1"]));
+    assert_eq!(events[0]["batch"]["reason"], "step \"boom\" failed on n1");
+    assert_eq!(events[1]["event"], "rollback_decision");
+    assert_eq!(events[1]["task"]["decision"], "pending");
+    for g in &other {
+        assert_eq!(g.json()["task"]["uuid"], third.as_str());
+        assert_eq!(
+            g.headers.get("x-jobx-signature").map(String::as_str),
+            Some(openssl_hmac(SECRET2, &g.body).as_str())
+        );
+    }
 }
