@@ -64,7 +64,7 @@ pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/ui").get(|_req: Req| async { Ok(redirect("/ui/")) });
     s.at("/ui/").get(index);
     s.at("/ui/login").get(login_page).post(login);
-    s.at("/ui/logout").post(h(logout));
+    s.at("/ui/logout").post(logout_endpoint);
     s.at("/ui/session").get(h(session));
     s.at("/ui/api/projects").get(h(projects));
     s.at("/ui/api/group/:projectid/preview")
@@ -206,6 +206,18 @@ async fn logout(req: Req) -> Result<Reply> {
         req.state().sessions.remove(&id);
     }
     Ok(Reply::Body(json!({"stat": true, "info": "signed out"})))
+}
+
+/// Sign-out, and the browser forgets the cookie too.
+async fn logout_endpoint(req: Req) -> tide::Result {
+    let secure = req.state().config.console.secure_cookie || is_tls(&req);
+    let ok = logout(req).await;
+    let signed_out = ok.is_ok();
+    let mut r = render(ok);
+    if signed_out {
+        r.insert_header("set-cookie", cookie_header(None, 0, secure));
+    }
+    Ok(harden(r, "no-store"))
 }
 
 /// `{user, roles, csrf, slave}` of the signed-in browser.
