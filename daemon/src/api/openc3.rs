@@ -524,10 +524,7 @@ mod tests {
         assert_eq!(p["slave"], "_null_");
         assert_eq!(p["status"], "success");
         assert_eq!(p["variables"]["version"], "r1");
-        assert!(p["variable"]
-            .as_str()
-            .unwrap_or("")
-            .contains("version: r1"));
+        assert!(p["variable"].as_str().unwrap_or("").contains("version: r1"));
         let p = placeholder(&deploy("", true)).expect("skip row");
         assert_eq!(p["name"], "_skip_");
         assert_eq!(p["user"], "sys");

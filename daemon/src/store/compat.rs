@@ -32,11 +32,18 @@ impl Store {
         self.read(|tx| {
             let idx = tx.open_table(TASK_INDEX)?;
             let tasks = tx.open_table(TASKS)?;
+            // Rows without the name's JSON text are skipped before decoding.
+            let needle = serde_json::to_vec(name)?;
             for row in idx.iter()? {
                 let (_, uuid) = row?;
-                let Some(t) = get_json::<_, NamedTask>(&tasks, uuid.value())? else {
+                let Some(raw) = tasks.get(uuid.value())? else {
                     continue;
                 };
+                let bytes = raw.value();
+                if !bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    continue;
+                }
+                let t: NamedTask = from_json(bytes)?;
                 if t.name == name && !visit(t) {
                     break;
                 }
