@@ -18,7 +18,12 @@
 //!   means one node per batch, like empty simple text. An empty IDS field means
 //!   this project; an empty item inside a non-empty IDS list is an error.
 //!   Nodes are selected in the order RANGE lists their positions (`5,2` gives
-//!   node 5 before node 2); a position listed again is ignored.
+//!   node 5 before node 2); a position listed again is ignored. A project id
+//!   listed again in IDS is dropped when the text is parsed (its nodes would
+//!   be candidates once anyway).
+//! - Cost: computing batches reads each referenced inventory once and costs
+//!   O(nodes of the candidate projects + text), whatever the text repeats;
+//!   a group gives at most [`MAX_BATCHES`] batches.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -31,6 +36,13 @@ const PERCENT_DECIMALS: usize = 6;
 pub const MAX_NAME_CHARS: usize = 100;
 /// How much of a piece of user text an error message repeats.
 const SHOWN_CHARS: usize = 60;
+/// Most batches a group (or `_pip_`) may give; more is refused (400), so a
+/// short text can not make a task of millions of batches.
+pub const MAX_BATCHES: usize = 10_000;
+
+fn too_many_batches() -> String {
+    format!("the group gives more than {MAX_BATCHES} batches")
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupType {
@@ -143,6 +155,9 @@ pub fn parse_list(text: &str) -> Result<Vec<Vec<String>>, String> {
             batch.push(name.to_owned());
         }
         if !batch.is_empty() {
+            if batches.len() == MAX_BATCHES {
+                return Err(too_many_batches());
+            }
             batches.push(batch);
         }
     }
@@ -249,19 +264,22 @@ fn parse_selection_line(line: &str) -> Result<SelectionLine, String> {
     let [ids, range, sizes] = fields[..] else {
         return Err(format!("expected IDS;RANGE;SIZES, got {}", shown(line)));
     };
-    let projects = if ids.is_empty() {
-        Vec::new()
-    } else {
-        ids.split(',')
-            .map(|id| {
-                let id = id.trim();
-                match id.parse::<u64>() {
-                    Ok(v) if is_digits(id) => Ok(v),
-                    _ => Err(format!("bad project id {} in {}", shown(id), shown(ids))),
+    let mut projects = Vec::new();
+    if !ids.is_empty() {
+        let mut seen = HashSet::new();
+        for id in ids.split(',') {
+            let id = id.trim();
+            match id.parse::<u64>() {
+                // A repeated id adds no candidate: dropped before anything is loaded.
+                Ok(v) if is_digits(id) => {
+                    if seen.insert(v) {
+                        projects.push(v);
+                    }
                 }
-            })
-            .collect::<Result<_, _>>()?
-    };
+                _ => return Err(format!("bad project id {} in {}", shown(id), shown(ids))),
+            }
+        }
+    }
     if range.is_empty() {
         return Err(format!("the range is empty in {}", shown(line)));
     }
@@ -327,26 +345,146 @@ impl Rule {
 
     /// Compute batches. `inventory` = this project's node names in inventory
     /// order. `nodes_of(pid)` = inventory of project `pid` in order (called
-    /// only for ids in [`Rule::referenced_projects`]). List rules come back
-    /// as they are: the caller checks that every node exists.
-    #[must_use]
+    /// once for each id of [`Rule::referenced_projects`]). List rules come
+    /// back as they are: the caller checks that every node exists.
+    ///
+    /// # Errors
+    /// More than [`MAX_BATCHES`] batches.
     pub fn batches(
         &self,
         inventory: &[String],
         nodes_of: &dyn Fn(u64) -> Vec<String>,
-    ) -> Vec<Vec<String>> {
-        match self {
+    ) -> Result<Vec<Vec<String>>, String> {
+        let out = match self {
             Rule::List(batches) => batches.clone(),
-            Rule::Simple(sizes) => split(inventory, sizes),
+            Rule::Simple(sizes) => {
+                if batch_sizes_exceed(inventory.len(), sizes) {
+                    return Err(too_many_batches());
+                }
+                split(inventory, sizes)
+            }
             Rule::Selection(lines) => {
                 let own: HashSet<&str> = inventory.iter().map(String::as_str).collect();
-                lines
+                // Each other inventory is read once, and reduced once to the
+                // nodes this project has (the only ones a line may select).
+                let loaded: Vec<(u64, Vec<String>)> = self
+                    .referenced_projects()
+                    .into_iter()
+                    .map(|p| (p, nodes_of(p)))
+                    .collect();
+                let candidates_of: std::collections::HashMap<u64, Vec<&str>> = loaded
                     .iter()
-                    .flat_map(|line| selection_batches(line, inventory, &own, nodes_of))
-                    .collect()
+                    .map(|(p, names)| (*p, own_unique(names.iter().map(String::as_str), &own)))
+                    .collect();
+                let all_own = own_unique(inventory.iter().map(String::as_str), &own);
+                // Lines naming the same several projects share their merge.
+                let mut merged: std::collections::HashMap<&[u64], Vec<&str>> =
+                    std::collections::HashMap::new();
+                let mut out = Vec::new();
+                for line in lines {
+                    let candidates: &[&str] = match line.projects.as_slice() {
+                        [] => &all_own,
+                        [p] => candidates_of.get(p).map_or(&[], Vec::as_slice),
+                        many => merged.entry(many).or_insert_with(|| {
+                            let mut seen = HashSet::new();
+                            many.iter()
+                                .filter_map(|p| candidates_of.get(p))
+                                .flatten()
+                                .copied()
+                                .filter(|n| seen.insert(*n))
+                                .collect()
+                        }),
+                    };
+                    let selected = select(candidates, &line.ranges);
+                    if out.len() + batch_sizes_count(selected.len(), &line.sizes) > MAX_BATCHES {
+                        return Err(too_many_batches());
+                    }
+                    out.extend(split(&selected, &line.sizes));
+                }
+                out
             }
+        };
+        if out.len() > MAX_BATCHES {
+            return Err(too_many_batches());
+        }
+        Ok(out)
+    }
+}
+
+/// `names` in order, once each, keeping only those in `own`.
+fn own_unique<'a>(names: impl Iterator<Item = &'a str>, own: &HashSet<&str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    names
+        .filter(|n| own.contains(n) && seen.insert(*n))
+        .collect()
+}
+
+/// The candidates at the positions of `ranges`, in the order listed, each
+/// once. O(ranges + candidates): a position taken is skipped over, so
+/// ranges that repeat cost nothing more.
+fn select<'a>(candidates: &[&'a str], ranges: &[(u64, u64)]) -> Vec<&'a str> {
+    let len = candidates.len();
+    let bounds = |&(a, b): &(u64, u64)| {
+        // 1-based inclusive; bounded by the candidate count, so
+        // `1~18446744073709551615` is cheap.
+        let first = usize::try_from(a).unwrap_or(usize::MAX).max(1) - 1;
+        let last = usize::try_from(b).unwrap_or(usize::MAX).min(len);
+        (first, last)
+    };
+    if let [one] = ranges {
+        let (first, last) = bounds(one);
+        return candidates.get(first..last).unwrap_or(&[]).to_vec();
+    }
+    // next[i]: the first position >= i not taken yet (len = none), with
+    // path halving, so runs of taken positions are crossed in one step.
+    let mut next: Vec<usize> = (0..=len).collect();
+    fn find(next: &mut [usize], mut i: usize) -> usize {
+        while next[i] != i {
+            next[i] = next[next[i]];
+            i = next[i];
+        }
+        i
+    }
+    let mut selected = Vec::new();
+    for range in ranges {
+        let (first, last) = bounds(range);
+        if first >= last {
+            continue;
+        }
+        let mut i = find(&mut next, first);
+        while i < last {
+            selected.push(candidates[i]);
+            next[i] = i + 1;
+            i = find(&mut next, i + 1);
         }
     }
+    selected
+}
+
+/// How many batches `specs` cut `len` nodes into, counted without building
+/// them.
+fn batch_sizes_count(len: usize, specs: &[Size]) -> usize {
+    let mut left = len;
+    let mut n = 0;
+    let mut i = 0;
+    while left > 0 {
+        let spec = specs
+            .get(i)
+            .or(specs.last())
+            .copied()
+            .unwrap_or(Size::Count(1));
+        left -= spec.take(len).min(left);
+        n += 1;
+        i += 1;
+        if n > MAX_BATCHES {
+            break;
+        }
+    }
+    n
+}
+
+fn batch_sizes_exceed(len: usize, specs: &[Size]) -> bool {
+    batch_sizes_count(len, specs) > MAX_BATCHES
 }
 
 /// Sizes of the consecutive batches that cut `len` nodes by `specs`; the last
@@ -382,44 +520,6 @@ fn split<S: AsRef<str>>(nodes: &[S], specs: &[Size]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn selection_batches(
-    line: &SelectionLine,
-    inventory: &[String],
-    own: &HashSet<&str>,
-    nodes_of: &dyn Fn(u64) -> Vec<String>,
-) -> Vec<Vec<String>> {
-    let loaded: Vec<Vec<String>> = line.projects.iter().map(|&p| nodes_of(p)).collect();
-    let sources: Vec<&[String]> = if line.projects.is_empty() {
-        vec![inventory]
-    } else {
-        loaded.iter().map(Vec::as_slice).collect()
-    };
-    let mut seen = HashSet::new();
-    let candidates: Vec<&str> = sources
-        .iter()
-        .flat_map(|s| s.iter().map(String::as_str))
-        .filter(|n| own.contains(n) && seen.insert(*n))
-        .collect();
-
-    let mut picked = vec![false; candidates.len()];
-    let mut selected = Vec::new();
-    for &(a, b) in &line.ranges {
-        // Bounded by the candidate count, so `1~18446744073709551615` is cheap.
-        let first = usize::try_from(a).unwrap_or(usize::MAX).max(1);
-        let last = usize::try_from(b)
-            .unwrap_or(usize::MAX)
-            .min(candidates.len());
-        for pos in first..=last {
-            let idx = pos - 1;
-            if !picked[idx] {
-                picked[idx] = true;
-                selected.push(candidates[idx]);
-            }
-        }
-    }
-    split(&selected, &line.sizes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +549,7 @@ mod tests {
         let rule = parse(GroupType::Percent, text)
             .unwrap_or_else(|e| panic!("{text:?} should parse, got {e}"));
         rule.batches(inventory, &projects)
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"))
     }
 
     fn percent_err(text: &str) -> String {
@@ -490,7 +591,7 @@ mod tests {
             let rule = parse(GroupType::List, text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert_eq!(rule, Rule::List(owned(want)), "{text:?}");
             // Returned as-is, whatever the inventory.
-            assert_eq!(rule.batches(&[], &projects), owned(want), "{text:?}");
+            assert_eq!(rule.batches(&[], &projects), Ok(owned(want)), "{text:?}");
             assert!(rule.referenced_projects().is_empty());
         }
     }
@@ -757,7 +858,7 @@ mod tests {
     fn empty_inventory_gives_no_batches() {
         for text in ["", "3", "1:2:10%:5%", "100%", ";1~3;1", "10;1~10;2"] {
             let rule = parse(GroupType::Percent, text).unwrap_or_else(|e| panic!("{e}"));
-            assert!(rule.batches(&[], &projects).is_empty(), "{text:?}");
+            assert_eq!(rule.batches(&[], &projects), Ok(Vec::new()), "{text:?}");
         }
     }
 
@@ -884,19 +985,17 @@ mod tests {
         };
         assert_eq!(
             rule.batches(&names(1..=10), &loader),
-            owned(&[&["5"], &["1"], &["5"]])
+            Ok(owned(&[&["5"], &["1"], &["5"]]))
         );
-        let mut asked = asked.into_inner();
-        asked.sort_unstable();
-        asked.dedup();
-        assert_eq!(asked, [10, 20, 30]);
+        // Each inventory is read once, in order of first use.
+        assert_eq!(asked.into_inner(), [20, 10, 30]);
 
         let simple = parse(GroupType::Percent, "1").unwrap_or_else(|e| panic!("{e}"));
         assert!(simple.referenced_projects().is_empty());
         let own = parse(GroupType::Percent, ";1;1").unwrap_or_else(|e| panic!("{e}"));
         assert!(own.referenced_projects().is_empty());
         let never = |_: u64| -> Vec<String> { panic!("no other project is read") };
-        assert_eq!(own.batches(&names(1..=3), &never), owned(&[&["1"]]));
+        assert_eq!(own.batches(&names(1..=3), &never), Ok(owned(&[&["1"]])));
     }
 
     #[test]
@@ -908,7 +1007,7 @@ mod tests {
         }]);
         assert_eq!(
             rule.batches(&names(1..=3), &projects),
-            owned(&[&["1"], &["2"]])
+            Ok(owned(&[&["1"], &["2"]]))
         );
     }
 
@@ -916,5 +1015,58 @@ mod tests {
     fn duplicate_inventory_names_are_selected_once() {
         let inv: Vec<String> = ["a", "b", "a"].iter().map(ToString::to_string).collect();
         assert_eq!(percent(";1~3;", &inv), owned(&[&["a"], &["b"]]));
+    }
+
+    #[test]
+    fn repeated_ids_are_dropped_when_parsed() {
+        let text = "52,".repeat(33_000) + "52;1;1";
+        let rule = parse(GroupType::Percent, &text).unwrap_or_else(|e| panic!("{e}"));
+        let Rule::Selection(lines) = &rule else {
+            panic!("a selection rule")
+        };
+        assert_eq!(lines[0].projects, [52]);
+        let asked = RefCell::new(0);
+        let loader = |pid: u64| {
+            *asked.borrow_mut() += 1;
+            assert_eq!(pid, 52);
+            names(1..=300)
+        };
+        assert_eq!(rule.batches(&names(1..=300), &loader), Ok(owned(&[&["1"]])));
+        assert_eq!(asked.into_inner(), 1);
+    }
+
+    #[test]
+    fn repeated_ranges_select_once() {
+        let text = format!(";{}3,1~2;2", "1~300,".repeat(2_000));
+        let got = percent(&text, &names(1..=300));
+        assert_eq!(got.len(), 150);
+        assert_eq!(got[0], ["1", "2"]);
+        assert_eq!(got[149], ["299", "300"]);
+        assert_eq!(
+            percent(";3,1~2;1", &names(1..=5)),
+            owned(&[&["3"], &["1"], &["2"]])
+        );
+    }
+
+    #[test]
+    fn batch_limit() {
+        let many = names(1..=(MAX_BATCHES as u32 + 1));
+        let simple = parse(GroupType::Percent, "1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(simple.batches(&many, &projects), Err(too_many_batches()));
+        assert_eq!(
+            simple
+                .batches(&many[..MAX_BATCHES], &projects)
+                .map(|b| b.len()),
+            Ok(MAX_BATCHES)
+        );
+        let sel = parse(GroupType::Percent, ";1~20000;1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sel.batches(&many, &projects), Err(too_many_batches()));
+        let lines = ";1~2;1\n".repeat(MAX_BATCHES / 2 + 1);
+        let rule = parse(GroupType::Percent, &lines).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rule.batches(&many, &projects), Err(too_many_batches()));
+        let list: String = (0..=MAX_BATCHES).map(|i| format!("n{i};")).collect();
+        let e = parse(GroupType::List, &list).unwrap_err();
+        assert!(e.contains("more than 10000 batches"), "{e}");
+        assert!(parse(GroupType::List, &list[..list.len() - 7]).is_ok());
     }
 }

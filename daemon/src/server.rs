@@ -1,13 +1,44 @@
-//! Our own accept loop over async-h1 (tide has none with graceful
-//! shutdown): on SIGTERM/SIGINT stop accepting, let in-flight requests
-//! finish (bounded), then return so that main can close the store.
+//! Our own accept loop over async-h1 (tide has none with graceful shutdown
+//! and no request limits):
+//! - on SIGTERM/SIGINT stop accepting, let in-flight requests finish
+//!   (bounded), then return so that main can close the store;
+//! - every request head is read here first, into a bounded buffer with a
+//!   deadline, so an oversized request line is a 414, oversized headers a
+//!   431 and a head that does not arrive in time a 408 (async-h1 would close
+//!   the connection without an answer); only a complete head is handed on;
+//! - open connections are capped; when the cap is reached an idle one
+//!   (kept alive between requests, else one that has not sent anything) is
+//!   closed for the newcomer, and without an idle one the newcomer gets 503;
+//! - `TCP_NODELAY`: a response goes out in two writes, and the second would
+//!   otherwise wait for the client's delayed ACK (≈40 ms per request on a
+//!   kept-alive connection).
 
-use async_std::net::TcpListener;
+use crate::state::App;
+use async_std::net::{TcpListener, TcpStream};
 use event_listener::Event;
-use futures_lite::{FutureExt, StreamExt};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Longest request line (method, target, version); 414 beyond.
+pub const MAX_REQUEST_LINE: usize = 4096;
+/// Longest request head, request line included; 431 beyond. async-h1
+/// refuses heads of 8 KiB and more, so this stays below that.
+pub const MAX_HEAD: usize = 8 * 1024 - 1;
+/// Most header lines in a request; 431 beyond (async-h1 parses up to 128).
+pub const MAX_HEADERS: usize = 100;
+/// After an answer that did not read the request (401, 408, 413, 414, 431),
+/// the rest of what the client sends is read and dropped for at most this
+/// long before closing, so that the close does not reset the connection
+/// before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(2);
+/// And at most this much of it.
+const LINGER_BYTES: usize = 4 << 20;
 
 /// Requests being answered right now.
 #[derive(Default)]
@@ -43,6 +74,257 @@ impl InFlight {
     }
 }
 
+/// Limits of the server, from `[server]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    fn of(c: &crate::config::Server) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(c.header_timeout),
+            keep_alive_timeout: Duration::from_secs(c.keep_alive_timeout),
+            max_connections: c.max_connections,
+        }
+    }
+}
+
+/// What the bytes of a request head received so far amount to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// The head is complete.
+    Complete,
+    /// More bytes are needed.
+    Partial,
+    /// 414: the request line is longer than [`MAX_REQUEST_LINE`].
+    LineTooLong,
+    /// 431: the head is longer than [`MAX_HEAD`] or has more than
+    /// [`MAX_HEADERS`] header lines.
+    TooLarge,
+}
+
+/// Looks at the start of a request head (pure).
+pub fn scan_head(buf: &[u8]) -> Head {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n");
+    match line_end {
+        Some(i) if i > MAX_REQUEST_LINE => return Head::LineTooLong,
+        None if buf.len() > MAX_REQUEST_LINE => return Head::LineTooLong,
+        None => return Head::Partial,
+        Some(_) => {}
+    }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let scanned = match end {
+        Some(i) => &buf[..i + 2],
+        None => buf,
+    };
+    // Line ends after the request line's own.
+    let headers = scanned.windows(2).filter(|w| *w == b"\r\n").count() - 1;
+    if headers > MAX_HEADERS {
+        return Head::TooLarge;
+    }
+    match end {
+        Some(i) if i + 4 > MAX_HEAD => Head::TooLarge,
+        Some(_) => Head::Complete,
+        None if buf.len() > MAX_HEAD => Head::TooLarge,
+        None => Head::Partial,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// What a connection is doing, for choosing one to close at the cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading or answering a request.
+    Busy,
+    /// Accepted, nothing received yet.
+    Fresh(Instant),
+    /// Kept alive after a request, waiting for the next one.
+    KeptAlive(Instant),
+}
+
+/// The connection to close for a newcomer (pure): the longest-idle kept-alive
+/// one, else the oldest that has sent nothing; never a busy one.
+pub fn victim<K: Copy>(conns: impl Iterator<Item = (K, Phase)>) -> Option<K> {
+    conns
+        .filter_map(|(k, p)| match p {
+            Phase::Busy => None,
+            Phase::KeptAlive(t) => Some(((0, t), k)),
+            Phase::Fresh(t) => Some(((1, t), k)),
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, k)| k)
+}
+
+/// Tells a connection waiting for its next request to close.
+#[derive(Default)]
+struct Kick {
+    kicked: AtomicBool,
+    event: Event,
+}
+
+impl Kick {
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    async fn wait(&self) {
+        loop {
+            let l = self.event.listen();
+            if self.kicked.load(Ordering::SeqCst) {
+                return;
+            }
+            l.await;
+        }
+    }
+}
+
+/// The open connections, at most `max`.
+struct Slots {
+    max: usize,
+    inner: Mutex<SlotsInner>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    next: u64,
+    conns: HashMap<u64, (Phase, Arc<Kick>)>,
+}
+
+/// A connection's place; given back on drop.
+struct Slot {
+    id: u64,
+    slots: Arc<Slots>,
+    kick: Arc<Kick>,
+}
+
+impl Slots {
+    /// A place for a new connection, closing an idle one if the cap is
+    /// reached; None when every connection is busy.
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let mut g = lock(&self.inner);
+        if g.conns.len() >= self.max {
+            let v = victim(g.conns.iter().map(|(k, (p, _))| (*k, *p)))?;
+            if let Some((_, kick)) = g.conns.remove(&v) {
+                kick.kick();
+            }
+        }
+        let id = g.next;
+        g.next += 1;
+        let kick = Arc::new(Kick::default());
+        g.conns
+            .insert(id, (Phase::Fresh(Instant::now()), kick.clone()));
+        Some(Slot {
+            id,
+            slots: self.clone(),
+            kick,
+        })
+    }
+}
+
+impl Slot {
+    fn set(&self, phase: Phase) -> bool {
+        match lock(&self.slots.inner).conns.get_mut(&self.id) {
+            Some(e) => {
+                e.0 = phase;
+                true
+            }
+            // Closed for a newcomer.
+            None => false,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.slots.inner).conns.remove(&self.id);
+    }
+}
+
+/// The socket as async-h1 sees it: the head read here is replayed first,
+/// and once an answer said `Connection: close` reads end, so async-h1 does
+/// not wait for the rest of a body nobody will read.
+#[derive(Clone)]
+struct Conn {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    prefix: Mutex<(Vec<u8>, usize)>,
+    closing: AtomicBool,
+}
+
+impl Conn {
+    fn take_prefix(&self) -> Vec<u8> {
+        let mut p = lock(&self.shared.prefix);
+        let (buf, pos) = std::mem::take(&mut *p);
+        buf[pos..].to_vec()
+    }
+
+    fn set_prefix(&self, buf: Vec<u8>) {
+        *lock(&self.shared.prefix) = (buf, 0);
+    }
+
+    fn closing(&self) -> bool {
+        self.shared.closing.load(Ordering::SeqCst)
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.closing() {
+            return Poll::Ready(Ok(0));
+        }
+        {
+            let mut p = lock(&self.shared.prefix);
+            let (buf, pos) = &mut *p;
+            if *pos < buf.len() {
+                let n = (buf.len() - *pos).min(out.len());
+                out[..n].copy_from_slice(&buf[*pos..*pos + n]);
+                *pos += n;
+                if *pos == buf.len() {
+                    *p = (Vec::new(), 0);
+                }
+                return Poll::Ready(Ok(n));
+            }
+        }
+        Pin::new(&mut self.stream).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
 /// Waits for SIGTERM or SIGINT.
 async fn shutdown_signal() -> std::io::Result<()> {
     use async_signal::{Signal, Signals};
@@ -54,15 +336,17 @@ async fn shutdown_signal() -> std::io::Result<()> {
 }
 
 enum Next {
-    Conn(std::io::Result<(async_std::net::TcpStream, std::net::SocketAddr)>),
+    Conn(std::io::Result<(TcpStream, std::net::SocketAddr)>),
     Stop,
 }
 
 /// Serves `app` on `listener` until a shutdown signal arrives.
-pub async fn serve<S: Clone + Send + Sync + 'static>(
-    listener: TcpListener,
-    app: tide::Server<S>,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, app: tide::Server<Arc<App>>) -> std::io::Result<()> {
+    let limits = Limits::of(&app.state().config.server);
+    let slots = Arc::new(Slots {
+        max: limits.max_connections,
+        inner: Mutex::new(SlotsInner::default()),
+    });
     let inflight = Arc::new(InFlight::default());
     let stop = async {
         if let Err(e) = shutdown_signal().await {
@@ -84,23 +368,18 @@ pub async fn serve<S: Clone + Send + Sync + 'static>(
                 async_io::Timer::after(Duration::from_millis(50)).await;
             }
             Next::Conn(Ok((stream, _peer))) => {
-                let app = app.clone();
-                let inflight = inflight.clone();
-                async_std::task::spawn(async move {
-                    let served = async_h1::accept(stream, |req| {
-                        let app = app.clone();
-                        let guard = inflight.enter();
-                        async move {
-                            let res = app.respond(req).await;
-                            drop(guard);
-                            res
-                        }
-                    })
-                    .await;
-                    if let Err(e) = served {
-                        log::debug!("connection ended: {e}");
+                if let Err(e) = stream.set_nodelay(true) {
+                    log::debug!("TCP_NODELAY: {e}");
+                }
+                match slots.admit() {
+                    Some(slot) => {
+                        let (app, inflight) = (app.clone(), inflight.clone());
+                        async_std::task::spawn(connection(stream, slot, app, inflight, limits));
                     }
-                });
+                    None => {
+                        async_std::task::spawn(refuse_full(stream, limits.max_connections));
+                    }
+                }
             }
         }
     }
@@ -118,4 +397,296 @@ pub async fn serve<S: Clone + Send + Sync + 'static>(
         log::warn!("requests still running after 30 s; stopping anyway");
     }
     Ok(())
+}
+
+/// A complete answer written by the server itself (the body is jobx's error
+/// envelope), always closing the connection.
+fn raw_answer(status: u16, reason: &str, info: &str) -> Vec<u8> {
+    let body = serde_json::json!({"stat": false, "info": info}).to_string();
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Every connection is busy: the newcomer is told so and closed.
+async fn refuse_full(mut stream: TcpStream, max: usize) {
+    let answer = raw_answer(
+        503,
+        "Service Unavailable",
+        &format!("too many connections (server.max_connections = {max}); try again"),
+    );
+    let _ = async {
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    .or(async {
+        async_io::Timer::after(Duration::from_secs(1)).await;
+    })
+    .await;
+}
+
+/// After an early answer: stop sending, drop what the client still sends
+/// (bounded in time and bytes), then close.
+async fn linger(stream: &TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut s = stream.clone();
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    drain
+        .or(async {
+            async_io::Timer::after(LINGER).await;
+        })
+        .await;
+}
+
+enum HeadRead {
+    /// A complete head waits in the connection's prefix.
+    Ready,
+    /// The client went away, stayed idle too long, or the connection was
+    /// closed for a newcomer.
+    Closed,
+    /// Answer this and close.
+    Refuse(u16, &'static str, String),
+}
+
+/// Reads the next request head (bounded, with deadlines).
+async fn read_head(conn: &Conn, slot: &Slot, first: bool, limits: &Limits) -> HeadRead {
+    let mut buf = conn.take_prefix();
+    let start = Instant::now();
+    let mut stream = conn.stream.clone();
+    if buf.is_empty() {
+        // Idle until the first byte: a fresh connection has the header
+        // timeout for its whole head, a kept-alive one the keep-alive timeout.
+        let phase = if first {
+            Phase::Fresh(start)
+        } else {
+            Phase::KeptAlive(start)
+        };
+        if !slot.set(phase) {
+            return HeadRead::Closed;
+        }
+        let wait = if first {
+            limits.header_timeout
+        } else {
+            limits.keep_alive_timeout
+        };
+        buf.resize(MAX_HEAD + 1, 0);
+        let got = async { Some(stream.read(&mut buf).await) }
+            .or(async {
+                slot.kick.wait().await;
+                None
+            })
+            .or(async {
+                async_io::Timer::after(wait).await;
+                None
+            })
+            .await;
+        match got {
+            Some(Ok(n)) if n > 0 => buf.truncate(n),
+            _ => return HeadRead::Closed,
+        }
+    }
+    if !slot.set(Phase::Busy) {
+        return HeadRead::Closed;
+    }
+    let deadline = if first {
+        start + limits.header_timeout
+    } else {
+        Instant::now() + limits.header_timeout
+    };
+    loop {
+        match scan_head(&buf) {
+            Head::Complete => {
+                conn.set_prefix(buf);
+                return HeadRead::Ready;
+            }
+            Head::LineTooLong => {
+                return HeadRead::Refuse(
+                    414,
+                    "URI Too Long",
+                    format!("request line longer than {MAX_REQUEST_LINE} bytes"),
+                )
+            }
+            Head::TooLarge => {
+                return HeadRead::Refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    format!(
+                        "request headers larger than {MAX_HEAD} bytes or more than {MAX_HEADERS} fields"
+                    ),
+                )
+            }
+            Head::Partial => {}
+        }
+        let have = buf.len();
+        buf.resize(MAX_HEAD + 1, 0);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = async { Some(stream.read(&mut buf[have..]).await) }
+            .or(async {
+                async_io::Timer::after(left).await;
+                None
+            })
+            .await;
+        match got {
+            Some(Ok(n)) if n > 0 => buf.truncate(have + n),
+            Some(_) => return HeadRead::Closed,
+            None => {
+                return HeadRead::Refuse(
+                    408,
+                    "Request Timeout",
+                    format!(
+                        "request head not received within {} s (server.header_timeout)",
+                        limits.header_timeout.as_secs()
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// One connection: its requests one after another while kept alive.
+async fn connection(
+    stream: TcpStream,
+    slot: Slot,
+    app: tide::Server<Arc<App>>,
+    inflight: Arc<InFlight>,
+    limits: Limits,
+) {
+    let conn = Conn {
+        stream,
+        shared: Arc::new(Shared::default()),
+    };
+    let shared = conn.shared.clone();
+    let endpoint = move |req: tide::http::Request| {
+        let app = app.clone();
+        let shared = shared.clone();
+        let guard = inflight.enter();
+        async move {
+            let res: tide::http::Result<tide::http::Response> = app.respond(req).await;
+            if let Ok(r) = &res {
+                let close = r
+                    .header("connection")
+                    .is_some_and(|c| c.as_str().eq_ignore_ascii_case("close"));
+                if close {
+                    shared.closing.store(true, Ordering::SeqCst);
+                }
+            }
+            drop(guard);
+            res
+        }
+    };
+    let mut server = async_h1::server::Server::new(conn.clone(), endpoint);
+    let mut first = true;
+    loop {
+        match read_head(&conn, &slot, first, &limits).await {
+            HeadRead::Ready => {}
+            HeadRead::Closed => return,
+            HeadRead::Refuse(status, reason, info) => {
+                let mut s = conn.stream.clone();
+                let answer = raw_answer(status, reason, &info);
+                let written = async { s.write_all(&answer).await.is_ok() }
+                    .or(async {
+                        async_io::Timer::after(LINGER).await;
+                        false
+                    })
+                    .await;
+                if written {
+                    linger(&conn.stream).await;
+                }
+                return;
+            }
+        }
+        first = false;
+        match server.accept_one().await {
+            Ok(async_h1::server::ConnectionStatus::KeepAlive) => {}
+            Ok(async_h1::server::ConnectionStatus::Close) => {
+                if conn.closing() {
+                    linger(&conn.stream).await;
+                }
+                return;
+            }
+            Err(e) => {
+                log::debug!("connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads() {
+        assert_eq!(
+            scan_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Head::Complete
+        );
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Head::Partial);
+        assert_eq!(scan_head(b"GET / HT"), Head::Partial);
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(MAX_REQUEST_LINE));
+        assert_eq!(scan_head(long.as_bytes()), Head::LineTooLong);
+        // Known too long before the line ends.
+        assert_eq!(
+            scan_head("G".repeat(MAX_REQUEST_LINE + 1).as_bytes()),
+            Head::LineTooLong
+        );
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(MAX_HEAD));
+        assert_eq!(scan_head(big.as_bytes()), Head::TooLarge);
+        assert_eq!(scan_head(&big.as_bytes()[..MAX_HEAD + 1]), Head::TooLarge);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X{i}: v\r\n")).collect();
+        assert_eq!(
+            scan_head(format!("GET / HTTP/1.1\r\n{many}").as_bytes()),
+            Head::TooLarge
+        );
+        let fine: String = (1..MAX_HEADERS).map(|i| format!("X{i}: v\r\n")).collect();
+        assert_eq!(
+            scan_head(format!("GET / HTTP/1.1\r\nHost: x\r\n{fine}\r\n").as_bytes()),
+            Head::Complete
+        );
+    }
+
+    #[test]
+    fn victims_idle_first() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let busy = [(1, Phase::Busy), (2, Phase::Busy)];
+        assert_eq!(victim(busy.into_iter()), None);
+        let mixed = [
+            (1, Phase::Fresh(t0)),
+            (2, Phase::KeptAlive(t1)),
+            (3, Phase::Busy),
+            (4, Phase::KeptAlive(t0)),
+        ];
+        assert_eq!(victim(mixed.into_iter()), Some(4));
+        let fresh = [
+            (1, Phase::Fresh(t1)),
+            (2, Phase::Busy),
+            (3, Phase::Fresh(t0)),
+        ];
+        assert_eq!(victim(fresh.into_iter()), Some(3));
+    }
+
+    #[test]
+    fn answers_close() {
+        let a = String::from_utf8(raw_answer(414, "URI Too Long", "x")).expect("utf8");
+        assert!(a.starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+        assert!(a.contains("connection: close\r\n"));
+        let body = a.split("\r\n\r\n").nth(1).expect("body");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).expect("json"),
+            serde_json::json!({"stat": false, "info": "x"})
+        );
+    }
 }

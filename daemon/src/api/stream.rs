@@ -1,10 +1,14 @@
-//! A response body fed chunk by chunk from a channel, so that large answers
-//! (a long log as text) are streamed with bounded memory instead of built
-//! whole.
+//! A response body fed chunk by chunk from a channel, and log records read
+//! in byte-bounded pages, so that large answers (a long log as a page or as
+//! text) are streamed with bounded memory instead of built whole.
 
+use crate::error::Result;
+use crate::model::LogRecord;
+use crate::state::App;
 use futures_lite::io::{AsyncBufRead, AsyncRead};
 use futures_lite::Stream;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Chunks in flight between the producer and the connection.
@@ -64,5 +68,162 @@ impl AsyncRead for ChunkReader {
         out[..n].copy_from_slice(&avail[..n]);
         self.consume(n);
         Poll::Ready(Ok(n))
+    }
+}
+
+/// A chunk is sent once this much is buffered.
+pub const CHUNK: usize = 64 * 1024;
+/// Text of the log records read from the store at once (about; a read takes
+/// at least one record).
+pub const READ_BYTES: usize = 1 << 20;
+/// Records read from the store at once, at most.
+const READ_RECORDS: usize = 2000;
+
+/// The writing end of a streamed body: text is buffered into chunks of about
+/// [`CHUNK`] bytes, at most [`DEPTH`] of them wait for the connection.
+pub struct Chunks {
+    tx: async_channel::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Chunks {
+    /// The writer and the response body it feeds.
+    pub fn new() -> (Chunks, tide::Body) {
+        let (tx, rx) = async_channel::bounded::<Vec<u8>>(DEPTH);
+        let body = tide::Body::from_reader(ChunkReader::new(rx), None);
+        (
+            Chunks {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            },
+            body,
+        )
+    }
+
+    pub fn push(&mut self, s: &str) {
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+
+    /// Sends the buffer once it is a chunk; false once the client went away.
+    pub async fn flush_full(&mut self) -> bool {
+        if self.buf.len() < CHUNK {
+            return true;
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.send(chunk).await.is_ok()
+    }
+
+    /// Sends what is left; the body ends when `self` is dropped.
+    pub async fn finish(mut self) {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            let _ = self.tx.send(chunk).await;
+        }
+    }
+}
+
+/// Reads a log key's records in order, in reads of about [`READ_BYTES`] of
+/// text, so that memory stays bounded however large the log or its records.
+pub struct LogPages {
+    key: String,
+    /// The last sequence number handed out.
+    pub offset: u64,
+    /// Records after this one are not read (a snapshot of the log's end).
+    upto: u64,
+    /// Records to ask for next, from the size of the last ones.
+    per_read: usize,
+    ended: bool,
+}
+
+/// Bytes a record counts for against the read budget.
+pub fn record_bytes(r: &LogRecord) -> usize {
+    r.text.len() + r.node.len() + 32
+}
+
+/// How many records to read next, after records of `avg` bytes on average.
+fn next_read(avg: usize) -> usize {
+    (READ_BYTES / avg.max(1)).clamp(1, READ_RECORDS)
+}
+
+impl LogPages {
+    pub fn new(key: String, offset: u64, upto: u64) -> LogPages {
+        LogPages {
+            key,
+            offset,
+            upto,
+            per_read: 64,
+            ended: false,
+        }
+    }
+
+    /// The next records, at most `max`; empty at the end (or past `upto`).
+    /// [`LogPages::ended`] then says whether this read reached the end, or
+    /// more records may follow at once.
+    pub async fn next(&mut self, app: &Arc<App>, max: usize) -> Result<Vec<(u64, LogRecord)>> {
+        if self.offset >= self.upto {
+            self.ended = true;
+            return Ok(Vec::new());
+        }
+        let want = self.per_read.min(max).max(1);
+        let (key, offset) = (self.key.clone(), self.offset);
+        let mut page =
+            super::tasks::run(app, move |app| app.store.logs(&key, offset, want)).await?;
+        self.ended = page.len() < want;
+        if let Some(i) = page.iter().position(|(s, _)| *s > self.upto) {
+            page.truncate(i);
+            self.ended = true;
+            self.upto = self.offset.max(page.last().map_or(0, |(s, _)| *s));
+        }
+        if let Some((last, _)) = page.last() {
+            self.offset = *last;
+            let bytes: usize = page.iter().map(|(_, r)| record_bytes(r)).sum();
+            self.per_read = next_read(bytes / page.len());
+        }
+        Ok(page)
+    }
+
+    /// Whether the last read reached the end.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_shrink_with_record_size() {
+        assert_eq!(next_read(100), READ_RECORDS);
+        assert_eq!(next_read(1000), READ_BYTES / 1000);
+        assert_eq!(next_read(32 * 1024 + 40), 31);
+        assert_eq!(next_read(10 << 20), 1);
+        assert_eq!(next_read(0), READ_RECORDS);
+        assert_eq!(next_read(1), READ_RECORDS);
+    }
+
+    #[test]
+    fn chunks_arrive_in_order() {
+        let (mut c, body) = Chunks::new();
+        futures_lite::future::block_on(async move {
+            let reader = async {
+                let mut s = String::new();
+                let mut r = body;
+                futures_lite::AsyncReadExt::read_to_string(&mut r, &mut s)
+                    .await
+                    .expect("read");
+                s
+            };
+            let writer = async {
+                for i in 0..20_000 {
+                    c.push(&format!("{i}\n"));
+                    assert!(c.flush_full().await);
+                }
+                c.finish().await;
+            };
+            let (s, ()) = futures_lite::future::zip(reader, writer).await;
+            let want: String = (0..20_000).map(|i| format!("{i}\n")).collect();
+            assert_eq!(s, want);
+        });
     }
 }

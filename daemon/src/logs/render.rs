@@ -78,17 +78,44 @@ pub fn ansi_to_html(s: &str) -> String {
     out
 }
 
-/// The live log page: the records so far, then the SSE stream appends more.
-/// `title` and `sse_url` are escaped here; `body_html` is already escaped.
-pub fn page(title: &str, body_html: &str, sse_url: &str, completed: bool) -> String {
-    let title = html_escape(title);
-    let sse = html_escape(sse_url);
-    let follow = if completed {
-        String::new()
-    } else {
-        r#"<script>
+/// The live log page, written in three parts so that it can be streamed:
+/// [`page::head`], one [`page::record`] per record, then [`page::tail`],
+/// whose script follows the SSE stream for records that come later.
+pub mod page {
+    use super::{ansi_to_html, html_escape};
+
+    /// Everything before the first record. `title` is escaped here.
+    pub fn head(title: &str, completed: bool) -> String {
+        let title = html_escape(title);
+        let state = if completed { "finished" } else { "running" };
+        format!(
+            r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{background:#111;color:#ddd;font:13px monospace;margin:1em}} .stderr{{color:#f99}} .info{{color:#9cf}} div{{white-space:pre-wrap}}</style>
+</head><body><h3>{title} <small id="state">{state}</small></h3>
+<div id="log">"#
+        )
+    }
+
+    /// One record: its line escaped, then coloured.
+    pub fn record(out: &mut String, stream: &str, line: &str) {
+        out.push_str("<div class=\"");
+        out.push_str(&html_escape(stream));
+        out.push_str("\">");
+        out.push_str(&ansi_to_html(line));
+        out.push_str("</div>");
+    }
+
+    /// Everything after the last record; `sse_url` (escaped here) continues
+    /// after it while the work runs.
+    pub fn tail(sse_url: &str, completed: bool) -> String {
+        let sse = html_escape(sse_url);
+        let follow = if completed {
+            ""
+        } else {
+            r#"<script>
 const log = document.getElementById('log');
-const src = new EventSource(document.getElementById('log').dataset.sse);
+const src = new EventSource(document.getElementById('follow').dataset.sse);
 src.onmessage = (e) => {
   const r = JSON.parse(e.data);
   const line = document.createElement('div');
@@ -99,19 +126,15 @@ src.onmessage = (e) => {
 };
 src.addEventListener('end', () => { src.close(); document.getElementById('state').textContent = 'finished'; });
 </script>"#
-            .to_string()
-    };
-    format!(
-        r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{background:#111;color:#ddd;font:13px monospace;margin:1em}} .stderr{{color:#f99}} .info{{color:#9cf}} div{{white-space:pre-wrap}}</style>
-</head><body><h3>{title} <small id="state">{state}</small></h3>
-<div id="log" data-sse="{sse}">{body_html}</div>
+        };
+        format!(
+            r#"</div>
+<div id="follow" data-sse="{sse}" hidden></div>
 {follow}
 </body></html>
-"#,
-        state = if completed { "finished" } else { "running" },
-    )
+"#
+        )
+    }
 }
 
 #[cfg(test)]
@@ -140,5 +163,25 @@ mod tests {
         assert_eq!(ansi_to_html("a\u{1b}[2Kb"), "ab");
         assert_eq!(ansi_to_html("a\u{1b}[12"), "a");
         assert_eq!(ansi_to_html("a\u{1b}b"), "ab");
+    }
+
+    #[test]
+    fn page_in_parts() {
+        let mut body = String::new();
+        page::record(&mut body, "stderr\"x", "<b>\u{1b}[32mok\u{1b}[0m");
+        assert_eq!(
+            body,
+            "<div class=\"stderr&quot;x\">&lt;b&gt;<span style=\"color:#5c5\">ok</span></div>"
+        );
+        let head = page::head("log <1>", false);
+        assert!(head.contains("<title>log &lt;1&gt;</title>"));
+        assert!(head.contains(">running</small>"));
+        assert!(head.ends_with("<div id=\"log\">"));
+        let tail = page::tail("/slave/a/log/k?format=sse&offset=3", false);
+        assert!(tail.starts_with("</div>"));
+        assert!(tail.contains("data-sse=\"/slave/a/log/k?format=sse&amp;offset=3\""));
+        assert!(tail.contains("EventSource"));
+        assert!(!page::tail("/x", true).contains("<script>"));
+        assert!(page::head("t", true).contains(">finished</small>"));
     }
 }
