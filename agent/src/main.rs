@@ -7,6 +7,8 @@
 //! jobx-agent --config /etc/jobx/agent.toml
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod cmd;
 mod output;

@@ -46,6 +46,17 @@ pub enum Via {
     OpenC3,
 }
 
+/// Roles are read from the config once, as `Role`s, with a message that
+/// names the bad value.
+impl<'de> serde::Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let s = String::deserialize(d)?;
+        Role::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("{s:?} is not read, write, control or admin"))
+        })
+    }
+}
+
 /// The identity behind a valid token.
 #[derive(Clone, Debug)]
 pub struct Principal {
@@ -60,6 +71,11 @@ impl Principal {
         let own = self.roles.get(&project.to_string()).copied();
         let any = self.roles.get("*").copied();
         own.max(any)
+    }
+
+    /// The role granted on `*` (every project), if any.
+    pub fn role_on_all(&self) -> Option<Role> {
+        self.roles.get("*").copied()
     }
 
     pub fn may(&self, project: u64, need: Role) -> bool {
@@ -184,11 +200,7 @@ impl Tokens {
                     (None, Some(h)) => parse_hex(&h.to_ascii_lowercase()),
                     _ => None,
                 }?;
-                let roles = t
-                    .roles
-                    .iter()
-                    .filter_map(|(p, r)| Role::parse(r).map(|r| (p.clone(), r)))
-                    .collect();
+                let roles = t.roles.clone();
                 Some(Entry {
                     digest: d,
                     principal: Principal {
@@ -296,7 +308,7 @@ mod tests {
             sha256: sha.map(Into::into),
             roles: roles
                 .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .filter_map(|(a, b)| Some((a.to_string(), Role::parse(b)?)))
                 .collect(),
         }
     }

@@ -17,6 +17,92 @@ pub struct Config {
     pub auth: Auth,
     pub plugins: Plugins,
     pub console: Console,
+    pub compat: Compat,
+    pub notify: NotifyConfig,
+}
+
+/// `[notify]`: webhooks that receive rollout events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub webhooks: Vec<WebhookConfig>,
+    /// Attempts per event and webhook before it is given up.
+    pub max_attempts: u32,
+    /// How long one attempt may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhooks: Vec::new(),
+            max_attempts: 10,
+            timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Empty = every event.
+    #[serde(default)]
+    pub events: Vec<String>,
+    pub secret: String,
+}
+
+impl NotifyConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("notify.max_attempts: must be at least 1".into());
+        }
+        if self.timeout_secs == 0 || self.timeout_secs > 300 {
+            return Err("notify.timeout_secs: must be 1 to 300".into());
+        }
+        let mut urls = std::collections::BTreeSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let at = format!("notify.webhooks[{i}]");
+            let rest = w
+                .url
+                .strip_prefix("http://")
+                .or_else(|| w.url.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
+                || w.url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "{at}.url: {:?} is not an http:// or https:// URL",
+                    w.url
+                ));
+            }
+            if !urls.insert(w.url.as_str()) {
+                return Err(format!("{at}.url: {:?} is listed twice", w.url));
+            }
+            for e in &w.events {
+                if crate::notify::Kind::parse(e).is_none() {
+                    return Err(format!(
+                        "{at}.events: {e:?} is not waiting, approval, finished, failed or rollback_decision"
+                    ));
+                }
+            }
+            if w.secret.len() < 16 {
+                return Err(format!(
+                    "{at}.secret: shorter than 16 characters (it signs every event)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Answers shaped like the original OPEN-C3 JOBX where its front end relies
+/// on them (docs/openc3.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Compat {
+    /// 200 `{stat:false, code:10000}` instead of 401, `data:null` for an
+    /// absent task, placeholder rows for skipped rollbacks.
+    pub openc3: bool,
 }
 
 /// The web console under `/ui/`.
@@ -45,6 +131,14 @@ pub struct Server {
     pub name: Option<String>,
     pub public_metrics: bool,
     pub max_body_bytes: usize,
+    /// Seconds a request body may take to arrive (408 beyond).
+    pub body_timeout: u64,
+    /// Seconds a request head may take to arrive (408 beyond).
+    pub header_timeout: u64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    pub keep_alive_timeout: u64,
+    /// Open connections at most; idle ones are closed first at the cap.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +168,69 @@ pub struct Logs {
 #[serde(default, deny_unknown_fields)]
 pub struct Auth {
     pub tokens: Vec<TokenConfig>,
+    pub openc3: Option<OpenC3Auth>,
+}
+
+/// `[auth.openc3]`: people signed in to OPEN-C3 (its session cookie),
+/// resolved through its Connector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenC3Auth {
+    /// Base URL of the Connector, e.g. `http://api.connector.open-c3.org`.
+    pub connector: String,
+    /// Name of OPEN-C3's session cookie (its `cookiekey`).
+    #[serde(default = "OpenC3Auth::default_cookie")]
+    pub cookie: String,
+    /// How long a Connector answer is reused; 0 asks every time.
+    #[serde(default = "OpenC3Auth::default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+    /// Deadline of one Connector call.
+    #[serde(default = "OpenC3Auth::default_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl OpenC3Auth {
+    fn default_cookie() -> String {
+        "sid".into()
+    }
+    fn default_cache_ttl() -> u64 {
+        30
+    }
+    fn default_timeout() -> u64 {
+        10
+    }
+
+    /// `connector` split into (host, port, path prefix); plain HTTP only.
+    pub fn connector_addr(&self) -> Option<(String, u16, String)> {
+        let rest = self.connector.strip_prefix("http://")?;
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (host, port) = match hostport.strip_prefix('[') {
+            // [v6 address] or [v6 address]:port
+            Some(v6) => {
+                let (h, after) = v6.split_once(']')?;
+                match after.strip_prefix(':') {
+                    Some(p) => (h, p.parse().ok()?),
+                    None if after.is_empty() => (h, 80),
+                    None => return None,
+                }
+            }
+            None => match hostport.split_once(':') {
+                Some((h, p)) => (h, p.parse().ok()?),
+                None => (hostport, 80),
+            },
+        };
+        let host_char = |c: char| c.is_ascii_alphanumeric() || "-._:".contains(c);
+        let path_ok = !path
+            .chars()
+            .any(|c| c.is_whitespace() || c == '?' || c == '#');
+        if host.is_empty() || !host.chars().all(host_char) || !path_ok {
+            return None;
+        }
+        Some((host.to_string(), port, path.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,7 +240,7 @@ pub struct TokenConfig {
     pub token: Option<String>,
     pub sha256: Option<String>,
     #[serde(default)]
-    pub roles: BTreeMap<String, String>,
+    pub roles: BTreeMap<String, crate::auth::Role>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -102,6 +259,10 @@ impl Default for Server {
             name: None,
             public_metrics: false,
             max_body_bytes: 1 << 20,
+            body_timeout: 10,
+            header_timeout: 10,
+            keep_alive_timeout: 60,
+            max_connections: 1024,
         }
     }
 }
@@ -148,12 +309,45 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err("server.max_body_bytes: must be at least 1".into());
         }
+        for (key, secs) in [
+            ("body_timeout", self.server.body_timeout),
+            ("header_timeout", self.server.header_timeout),
+            ("keep_alive_timeout", self.server.keep_alive_timeout),
+        ] {
+            if !(1..=86_400).contains(&secs) {
+                return Err(format!(
+                    "server.{key}: must be 1 to 86400 seconds, not {secs}"
+                ));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err("server.max_connections: must be at least 1".into());
+        }
         if self.engine.max_parallel == 0 {
             return Err("engine.max_parallel: must be at least 1".into());
         }
         if !self.logs.retention_days.is_finite() || self.logs.retention_days < 0.0 {
             return Err("logs.retention_days: must be a number of days, 0 or more".into());
         }
+        if let Some(o) = &self.auth.openc3 {
+            if o.connector_addr().is_none() {
+                return Err(format!(
+                    "auth.openc3.connector: {:?} is not a URL like http://api.connector.open-c3.org",
+                    o.connector
+                ));
+            }
+            let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if o.cookie.is_empty() || !o.cookie.chars().all(token_char) {
+                return Err(format!(
+                    "auth.openc3.cookie: {:?} is not a cookie name",
+                    o.cookie
+                ));
+            }
+            if o.timeout_secs == 0 {
+                return Err("auth.openc3.timeout_secs: must be at least 1".into());
+            }
+        }
+        self.notify.validate()?;
         if self.console.session_ttl_secs == 0 {
             return Err("console.session_ttl_secs: must be at least 1".into());
         }
@@ -182,15 +376,10 @@ impl Config {
                 }
                 _ => {}
             }
-            for (project, role) in &t.roles {
+            for project in t.roles.keys() {
                 if project != "*" && project.parse::<u64>().is_err() {
                     return Err(format!(
                         "{at}.roles: {project:?} is neither a project id nor \"*\""
-                    ));
-                }
-                if crate::auth::Role::parse(role).is_none() {
-                    return Err(format!(
-                        "{at}.roles.{project}: {role:?} is not read, write, control or admin"
                     ));
                 }
             }
@@ -241,6 +430,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn webhooks_are_validated() {
+        let hook = |extra: &str| {
+            Config::parse(&format!(
+                "[[notify.webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"0123456789abcdef\"\n{extra}"
+            ))
+        };
+        let c = hook("events = [\"waiting\", \"finished\"]").expect("webhook");
+        assert_eq!(c.notify.webhooks[0].events, ["waiting", "finished"]);
+        assert_eq!(c.notify.max_attempts, 10);
+        let e = hook("events = [\"done\"]").unwrap_err();
+        assert!(e.contains("notify.webhooks[0].events"), "{e}");
+        let e = hook("colour = 1").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        let e = Config::parse("[[notify.webhooks]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"")
+            .unwrap_err();
+        assert!(e.contains("notify.webhooks[0].url"), "{e}");
+        let e = Config::parse("[[notify.webhooks]]\nurl = \"http://x/\"\nsecret = \"short\"")
+            .unwrap_err();
+        assert!(e.contains("notify.webhooks[0].secret"), "{e}");
+        let e = Config::parse("[notify]\nmax_attempts = 0").unwrap_err();
+        assert!(e.contains("notify.max_attempts"), "{e}");
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let c = Config::parse(EMBEDDED).expect("embedded config");
         assert_eq!(c.server.listen, "127.0.0.1:8080");
@@ -273,6 +486,20 @@ mod tests {
     }
 
     #[test]
+    fn server_limits() {
+        let c = Config::parse("").expect("empty config");
+        assert_eq!(c.server.body_timeout, 10);
+        assert_eq!(c.server.header_timeout, 10);
+        assert_eq!(c.server.max_connections, 1024);
+        let e = Config::parse("[server]\nbody_timeout = 0").unwrap_err();
+        assert!(e.contains("server.body_timeout"), "{e}");
+        let e = Config::parse("[server]\nheader_timeout = 100000").unwrap_err();
+        assert!(e.contains("server.header_timeout"), "{e}");
+        let e = Config::parse("[server]\nmax_connections = 0").unwrap_err();
+        assert!(e.contains("server.max_connections"), "{e}");
+    }
+
+    #[test]
     fn retention_days_whole_or_fractional() {
         assert_eq!(Config::parse("").expect("empty").logs.retention_days, 90.0);
         let c = Config::parse("[logs]\nretention_days = 7").expect("integer days");
@@ -283,6 +510,37 @@ mod tests {
         assert!(e.contains("logs.retention_days"), "{e}");
         let e = Config::parse("[logs]\nretention_check_secs = 0").unwrap_err();
         assert!(e.contains("logs.retention_check_secs"), "{e}");
+    }
+
+    #[test]
+    fn openc3_sign_in_section() {
+        let c = Config::parse("[auth.openc3]\nconnector = \"http://api.connector.open-c3.org\"\n")
+            .expect("connector only");
+        let o = c.auth.openc3.expect("section");
+        assert_eq!(o.cookie, "sid");
+        assert_eq!(o.cache_ttl_secs, 30);
+        assert_eq!(
+            o.connector_addr(),
+            Some(("api.connector.open-c3.org".into(), 80, String::new()))
+        );
+        let c = Config::parse("[auth.openc3]\nconnector = \"http://127.0.0.1:9000/c3/\"\n")
+            .expect("port and path");
+        assert_eq!(
+            c.auth.openc3.and_then(|o| o.connector_addr()),
+            Some(("127.0.0.1".into(), 9000, "/c3".into()))
+        );
+        let e = Config::parse("[auth.openc3]\nconnector = \"https://x\"\n").unwrap_err();
+        assert!(e.contains("auth.openc3.connector"), "{e}");
+        let e = Config::parse("[auth.openc3]\nconnector = \"http://x\"\ncookie = \"a b\"\n")
+            .unwrap_err();
+        assert!(e.contains("auth.openc3.cookie"), "{e}");
+        assert!(!Config::parse("").expect("empty").compat.openc3);
+        assert!(
+            Config::parse("[compat]\nopenc3 = true")
+                .expect("compat")
+                .compat
+                .openc3
+        );
     }
 
     #[test]

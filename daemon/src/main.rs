@@ -1,5 +1,7 @@
 //! jobxd: the jobx daemon.
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod auth;
 mod batching;
@@ -136,7 +138,8 @@ fn run(cfg: config::Config, config_path: Option<PathBuf>) -> Result<(), String> 
         log::info!("plugin {ty} loaded from {}", file.display());
     }
     let listen = cfg.server.listen.clone();
-    let engine = engine::Engine::new(Arc::new(store), Arc::new(plugins), &cfg, cfg.slave_name());
+    let engine = engine::Engine::new(Arc::new(store), Arc::new(plugins), &cfg, cfg.slave_name())
+        .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     let resumed = engine
         .recover()
         .map_err(|e| format!("restart recovery: {e}"))?;

@@ -7,6 +7,26 @@ use std::collections::BTreeMap;
 /// Largest value accepted for one variable; larger values are refused, never truncated.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
+/// A variable or environment name usable in a process environment.
+pub fn check_var_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !ok_first || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "variable name {name:?} must match ^[A-Za-z_][A-Za-z0-9_]*$"
+        ));
+    }
+    let reserved = ["PATH", "HOME", "SHELL", "USER", "IFS"];
+    if reserved.contains(&name) || name.starts_with("LD_") || name.starts_with("JOBX_") {
+        return Err(format!(
+            "variable name {name:?} is reserved (PATH, HOME, SHELL, USER, IFS, LD_*, JOBX_*)"
+        ));
+    }
+    Ok(())
+}
+
 /// Turns the task's `variable` JSON object into name → text. Numbers and
 /// booleans become their text; other types and bad names are refused.
 pub fn normalize(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
@@ -17,7 +37,7 @@ pub fn normalize(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> 
         Some(_) => return Err("variable: must be an object of name: value".into()),
     };
     for (k, v) in obj {
-        crate::jobs::check_var_name(k).map_err(|e| format!("variable: {e}"))?;
+        check_var_name(k).map_err(|e| format!("variable: {e}"))?;
         let text = match v {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -177,14 +197,25 @@ mod tests {
         assert_eq!(yaml_text(&json!({})), "--- {}\n");
         assert_eq!(yaml_text(&Value::Null), "--- {}\n");
         assert_eq!(
-            yaml_text(&json!({"version": "2.4.1", "_rollbackVersion_": "2.4.0", "n": 3})),
-            "---\n_rollbackVersion_: 2.4.0\nn: 3\nversion: 2.4.1\n"
+            yaml_text(&json!({"version": "2.4.1", "_rollbackVersion_": "2.4.0", "count": 3})),
+            "---\n_rollbackVersion_: 2.4.0\ncount: 3\nversion: 2.4.1\n"
         );
         assert_eq!(
             yaml_text(&json!({"a": "", "b": "true", "c": "x: y", "d": "it's", "e": "1.5", "f": "l1\nl2", "g": "007"})),
             "---\na: ''\nb: 'true'\nc: 'x: y'\nd: it's\ne: '1.5'\nf: \"l1\\nl2\"\ng: '007'\n"
         );
         assert_eq!(yaml_text(&json!({"x": "-v"})), "---\nx: '-v'\n");
+        // YAML 1.1 reads y and n as booleans: such keys are quoted too.
+        assert_eq!(yaml_text(&json!({"n": "x"})), "---\n'n': x\n");
+    }
+
+    #[test]
+    fn var_names() {
+        assert!(check_var_name("version").is_ok());
+        assert!(check_var_name("_x1").is_ok());
+        for bad in ["1x", "a-b", "", "PATH", "LD_PRELOAD", "JOBX_NODE", "HOME"] {
+            assert!(check_var_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

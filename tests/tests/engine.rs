@@ -643,7 +643,8 @@ fn many_tasks_at_once_and_task_listing() {
     wait_confirm(&d, 10, &bad, 0, T);
     let all = d.data("/task/10");
     assert_eq!(all.as_array().map(Vec::len), Some(7));
-    assert_eq!(all[0]["uuid"], bad.as_str(), "newest first");
+    // The newest rows, in ascending id (OPEN-C3's order): the newest is last.
+    assert_eq!(all[6]["uuid"], bad.as_str(), "newest last");
     let running = d.data("/task/10?status=running");
     assert_eq!(running.as_array().map(Vec::len), Some(1));
     assert_eq!(d.data("/task/10?name=ba")[0]["uuid"], bad.as_str());

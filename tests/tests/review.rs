@@ -115,7 +115,7 @@ fn nodebatch_is_honoured_only_by_job_byname_and_auth_comes_first() {
     let u = v["uuid"].as_str().expect("uuid").to_string();
     assert_eq!(subtasks(&d, 10, &u)[0]["nodelist"], "n2");
     assert_eq!(
-        task(&d, 10, &u)["variable"],
+        task(&d, 10, &u)["variables"],
         json!({}),
         "the variable stays as given"
     );

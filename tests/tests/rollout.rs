@@ -72,8 +72,8 @@ fn rollback_runs_the_started_batches_with_the_old_version() {
     assert_eq!(v["info"], "ok");
     let t = wait_finished(&d, 10, &rb, T);
     assert_eq!(t["status"], "success", "{t}");
-    assert_eq!(t["variable"]["version"], "1.9");
-    assert!(t["variable"].get("_rollbackVersion_").is_none());
+    assert_eq!(t["variables"]["version"], "1.9");
+    assert!(t["variables"].get("_rollbackVersion_").is_none());
     let subs = subtasks(&d, 10, &rb);
     assert_eq!(
         subs.iter()

@@ -2,12 +2,17 @@
 //! Everything tide-specific stays in this module.
 
 mod console;
+mod backup;
 mod inventory;
+mod openc3;
+mod openc3_auth;
 mod plugin_http;
+mod notify;
 mod stats;
 mod stream;
 mod tasks;
 mod third;
+mod ws;
 
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
@@ -72,6 +77,10 @@ where
 /// The caller's identity from `Authorization: Bearer`, `appname` + `appkey`,
 /// or the console's session cookie.
 pub fn principal(req: &Req) -> Result<Principal> {
+    // Put there by a middleware that signed the caller in (OPEN-C3's cookie).
+    if let Some(p) = req.ext::<Principal>() {
+        return Ok(p.clone());
+    }
     let tokens = req.state().tokens();
     if let Some(auth) = req.header("authorization") {
         let v = auth.last().as_str();
@@ -130,11 +139,15 @@ pub fn parse_project(s: &str) -> Result<u64> {
         .map_err(|_| Error::Bad(format!("projectid: {s:?} is too large")))
 }
 
-/// A path parameter, percent-decoded (names may hold spaces, `/`, UTF-8).
+/// A path parameter, percent-decoded (names may hold spaces, `/`, UTF-8);
+/// `projectid` is taken as written (`^\d+$`, so `%31` is no project id).
 pub fn param(req: &Req, name: &str) -> Result<String> {
     let raw = req
         .param(name)
         .map_err(|_| Error::Bad(format!("{name}: missing in path")))?;
+    if name == "projectid" {
+        return Ok(raw.to_string());
+    }
     percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map(String::from)
@@ -197,6 +210,12 @@ pub fn opt_str(b: &Map<String, Value>, key: &str) -> Result<Option<String>> {
     }
 }
 
+/// Refuses a field of one of jobx's own bodies that it does not know
+/// (`at` names where the object sits, empty for the body itself).
+pub fn known_fields(b: &Map<String, Value>, known: &[&str], at: &str) -> Result<()> {
+    crate::fields::check_known(b, known, at).map_err(Error::Bad)
+}
+
 pub fn req_str(b: &Map<String, Value>, key: &str) -> Result<String> {
     opt_str(b, key)?.ok_or_else(|| Error::Bad(format!("{key}: missing")))
 }
@@ -228,46 +247,95 @@ async fn metrics(req: Req) -> Result<Reply> {
     ))
 }
 
-/// Reads every request body up front (capped at `server.max_body_bytes`,
-/// 413 beyond). A handler that answers without reading the body would leave
-/// its bytes on a kept-alive connection, where they would be taken for the
-/// next request; and the cap then holds for every route, plugins' included.
+/// Routes that check their callers themselves: health checks, plugins'
+/// routes (agents use their own tokens), the console's sign-in form.
+fn authenticates_itself(path: &str) -> bool {
+    let path = openc3_auth::strip_prefix(path);
+    path == "/mon" || path == "/ui/login" || path == "/plugin" || path.starts_with("/plugin/")
+}
+
+/// Set on a response when its request came from a known caller (metrics
+/// count only those by route).
+#[derive(Clone, Copy)]
+struct Known;
+
+/// An answer given before the body was read: the connection is closed,
+/// since the unread body would be taken for the next request.
+fn early(mut r: tide::Response) -> tide::Result {
+    r.insert_header("connection", "close");
+    Ok(r)
+}
+
+/// Request limits, then every body read up front:
+/// - a request that announces a body is authenticated from its headers
+///   first; without valid credentials it is a 401 and the body is never read
+///   (except on routes that authenticate themselves);
+/// - the body must arrive within `server.body_timeout` (408) and fit in
+///   `server.max_body_bytes` (413).
+///
+/// A handler that answers without reading the body would leave its bytes on
+/// a kept-alive connection, where they would be taken for the next request;
+/// and the limits then hold for every route, plugins' included.
 struct ReadBody;
 
 #[tide::utils::async_trait]
 impl tide::Middleware<Arc<App>> for ReadBody {
     async fn handle(&self, mut req: Req, next: tide::Next<'_, Arc<App>>) -> tide::Result {
-        let max = req.state().config.server.max_body_bytes;
-        let too_large = || {
-            let mut r = render(Err(Error::TooLarge(format!(
-                "request body larger than {max} bytes"
-            ))));
-            // The rest of the body is not read: the connection can not be reused.
-            r.insert_header("connection", "close");
-            r
-        };
+        let limits = &req.state().config.server;
+        let (max, timeout) = (limits.max_body_bytes, limits.body_timeout);
+        let own_auth = authenticates_itself(req.url().path());
+        let caller = principal(&req);
+        let announced =
+            req.len().is_some_and(|n| n > 0) || req.header("transfer-encoding").is_some();
+        if announced && !own_auth {
+            if let Err(e) = caller {
+                return early(render(Err(e)));
+            }
+        }
         if req.len().is_some_and(|n| n > max) {
-            return Ok(too_large());
+            return early(render(Err(Error::TooLarge(format!(
+                "request body larger than {max} bytes (server.max_body_bytes)"
+            )))));
         }
         let mut buf = Vec::new();
-        let read = req
-            .take_body()
-            .into_reader()
-            .take(max as u64 + 1)
-            .read_to_end(&mut buf)
+        let mut reader = req.take_body().into_reader().take(max as u64 + 1);
+        let read = async { Some(reader.read_to_end(&mut buf).await) }
+            .or(async {
+                async_io::Timer::after(std::time::Duration::from_secs(timeout)).await;
+                None
+            })
             .await;
-        if let Err(e) = read {
-            return Ok(render(Err(Error::Bad(format!("reading body: {e}")))));
-        }
-        if buf.len() > max {
-            return Ok(too_large());
+        match read {
+            None => {
+                let info = format!("request body not received within {timeout} s (server.body_timeout)");
+                return early(json_response(408, &json!({"stat": false, "info": info})));
+            }
+            Some(Err(e)) => return early(render(Err(Error::Bad(format!("reading body: {e}"))))),
+            Some(Ok(_)) if buf.len() > max => {
+                return early(render(Err(Error::TooLarge(format!(
+                    "request body larger than {max} bytes (server.max_body_bytes)"
+                )))))
+            }
+            Some(Ok(_)) => {}
         }
         req.set_body(buf);
-        Ok(next.run(req).await)
+        let mut res = next.run(req).await;
+        // Routes that authenticate themselves refuse strangers with 401/403.
+        let known = if own_auth {
+            !matches!(res.status() as u16, 401 | 403)
+        } else {
+            caller.is_ok()
+        };
+        if known {
+            res.insert_ext(Known);
+        }
+        Ok(res)
     }
 }
 
-/// Counts every answered request by method, route and status code.
+/// Counts every answered request: a known caller's by method, route
+/// pattern and status code; the rest in one series, so that strangers
+/// cannot add series.
 struct CountRequests;
 
 #[tide::utils::async_trait]
@@ -277,7 +345,11 @@ impl tide::Middleware<Arc<App>> for CountRequests {
         let method = req.method().to_string();
         let path = req.url().path().to_string();
         let res = next.run(req).await;
-        app.engine.metrics.http(&method, &path, res.status() as u16);
+        if res.ext::<Known>().is_some() {
+            app.engine.metrics.http(&method, &path, res.status() as u16);
+        } else {
+            app.engine.metrics.http_unauthenticated();
+        }
         Ok(res)
     }
 }
@@ -288,19 +360,31 @@ async fn not_found(_req: Req) -> Result<Reply> {
 
 /// Builds the tide application with every route.
 pub fn routes(app: Arc<App>) -> tide::Server<Arc<App>> {
-    let mut s = tide::with_state(app);
+    let mut s = tide::with_state(app.clone());
     s.with(CountRequests);
+    openc3::middleware(&mut s, &app.config);
     s.with(ReadBody);
+    // OPEN-C3's front end calls every route under /api/jobx (its nginx strips
+    // the prefix); the same routes answer there, behind the same middleware.
+    let mut prefixed = tide::with_state(app);
+    endpoints(&mut prefixed);
+    s.at("/api/jobx").nest(prefixed);
+    endpoints(&mut s);
+    s
+}
+
+fn endpoints(s: &mut tide::Server<Arc<App>>) {
     s.at("/mon").get(h(mon));
-    s.at("/backup").get(crate::ops::backup::endpoint);
+    backup::routes(s);
     s.at("/metrics").get(h(metrics));
-    inventory::routes(&mut s);
-    stats::routes(&mut s);
-    tasks::routes(&mut s);
-    third::routes(&mut s);
-    plugin_http::routes(&mut s);
-    console::routes(&mut s);
+    inventory::routes(s);
+    stats::routes(s);
+    tasks::routes(s);
+    notify::routes(s);
+    third::routes(s);
+    plugin_http::routes(s);
+    console::routes(s);
+    openc3::routes(s);
     s.at("*").all(h(not_found));
     s.at("/").all(h(not_found));
-    s
 }

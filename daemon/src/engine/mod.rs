@@ -68,9 +68,9 @@ impl Engine {
         plugins: Arc<PluginSet>,
         cfg: &crate::config::Config,
         slave: String,
-    ) -> Arc<Engine> {
-        let logs = LogWriter::start(store.clone());
-        Arc::new(Engine {
+    ) -> std::io::Result<Arc<Engine>> {
+        let logs = LogWriter::start(store.clone())?;
+        Ok(Arc::new(Engine {
             store,
             plugins,
             logs,
@@ -83,7 +83,7 @@ impl Engine {
             wakers: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
             stopping: Mutex::new(Default::default()),
-        })
+        }))
     }
 
     /// Batches of unfinished tasks waiting in WaitConfirm.
@@ -751,7 +751,9 @@ pub fn compute_batches(
         .map_err(|e| Error::Internal(format!("stored group {}: labels: {e}", g.id)))?
     else {
         let inventory = store.node_names(pid)?;
-        return Ok(rule.batches(&inventory, &|p| others.get(&p).cloned().unwrap_or_default()));
+        return rule
+            .batches(&inventory, &|p| others.get(&p).cloned().unwrap_or_default())
+            .map_err(|e| Error::Bad(format!("group {}: {e}", g.name)));
     };
     // The selector picks from the inventory before the batching rule runs;
     // list groups keep their named nodes that match (and those not in the
@@ -762,7 +764,9 @@ pub fn compute_batches(
         .filter(|n| sel.matches(&n.labels))
         .map(|n| n.name.clone())
         .collect();
-    let batches = rule.batches(&matched, &|p| others.get(&p).cloned().unwrap_or_default());
+    let batches = rule
+        .batches(&matched, &|p| others.get(&p).cloned().unwrap_or_default())
+        .map_err(|e| Error::Bad(format!("group {}: {e}", g.name)))?;
     if ty != crate::batching::GroupType::List {
         return Ok(batches);
     }

@@ -48,7 +48,9 @@ fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 impl LogWriter {
-    pub fn start(store: Arc<Store>) -> LogWriter {
+    /// Starts the writer thread; without it `flush` would wait forever, so
+    /// a failed spawn refuses the start.
+    pub fn start(store: Arc<Store>) -> std::io::Result<LogWriter> {
         let inner = Arc::new(Inner {
             store,
             queue: Mutex::new(Queue::default()),
@@ -57,13 +59,10 @@ impl LogWriter {
             appended: Event::new(),
         });
         let bg = inner.clone();
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("jobx-log-writer".into())
-            .spawn(move || flush_loop(bg));
-        if let Err(e) = spawned {
-            log::error!("cannot start the log writer thread: {e}");
-        }
-        LogWriter { inner }
+            .spawn(move || flush_loop(bg))?;
+        Ok(LogWriter { inner })
     }
 
     /// Queues one record under every key in `keys`.

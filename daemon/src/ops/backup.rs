@@ -8,7 +8,6 @@
 //! leaves nothing behind. The copy is a complete store: placed as
 //! `<data_dir>/jobx.redb` of a stopped or new daemon it is a full restore.
 
-use crate::api::Req;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -40,7 +39,7 @@ impl Drop for Busy {
 
 /// The response body: the snapshot file, holding the one-at-a-time slot
 /// until the body is dropped (sent or abandoned).
-struct Snapshot<R> {
+pub struct Snapshot<R> {
     inner: R,
     _busy: Busy,
 }
@@ -65,27 +64,16 @@ impl<R: AsyncBufRead + Unpin> AsyncBufRead for Snapshot<R> {
     }
 }
 
-/// `GET /backup`.
-pub async fn endpoint(req: Req) -> tide::Result {
-    Ok(match serve(req).await {
-        Ok(r) => r,
-        Err(e) => crate::api::render(Err(e)),
-    })
-}
+/// A snapshot being sent: an async reader over the file that holds the
+/// one-at-a-time slot until it is dropped (sent or abandoned).
+pub type Backup = Snapshot<async_std::io::BufReader<async_std::fs::File>>;
 
-async fn serve(req: Req) -> Result<tide::Response> {
-    let who = crate::api::principal(&req)?;
-    if who.roles().get("*").map(String::as_str) != Some("admin") {
-        return Err(Error::Forbidden(format!(
-            "token {:?} needs the admin role on \"*\" to take a backup",
-            who.name
-        )));
-    }
+/// Takes a consistent snapshot of the store for `who` (already checked to
+/// be admin on `*`); answers it with its length in bytes.
+pub async fn take(store: std::sync::Arc<Store>, dir: PathBuf, who: &str) -> Result<(Backup, u64)> {
     let busy = Busy::take().ok_or_else(|| {
         Error::Conflict("a backup is being taken already; try again later".into())
     })?;
-    let store = req.state().store.clone();
-    let dir = req.state().config.storage.data_dir.clone();
     let started = std::time::Instant::now();
     let (file, rows) = blocking::unblock(move || snapshot(&store, &dir)).await?;
     let len = file
@@ -93,21 +81,18 @@ async fn serve(req: Req) -> Result<tide::Response> {
         .map_err(|e| Error::Internal(format!("backup: {e}")))?
         .len();
     log::info!(
-        "backup for {:?}: {rows} rows, {len} bytes, taken in {:.1}s",
-        who.name,
+        "backup for {who:?}: {rows} rows, {len} bytes, taken in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     let reader =
         async_std::io::BufReader::with_capacity(256 * 1024, async_std::fs::File::from(file));
-    let body = Snapshot {
-        inner: reader,
-        _busy: busy,
-    };
-    let mut r = tide::Response::new(200);
-    r.set_content_type("application/octet-stream");
-    r.insert_header("content-disposition", "attachment; filename=\"jobx.redb\"");
-    r.set_body(tide::Body::from_reader(body, Some(len as usize)));
-    Ok(r)
+    Ok((
+        Snapshot {
+            inner: reader,
+            _busy: busy,
+        },
+        len,
+    ))
 }
 
 /// Writes the snapshot to an unlinked file in `dir` and returns it, rewound.
@@ -138,7 +123,7 @@ fn client_token(cfg: &Config) -> std::result::Result<String, String> {
         }
     }
     let admin = cfg.auth.tokens.iter().find_map(|t| {
-        let star = t.roles.get("*").map(String::as_str) == Some("admin");
+        let star = t.roles.get("*") == Some(&crate::auth::Role::Admin);
         t.token.clone().filter(|_| star)
     });
     if let Some(t) = admin {

@@ -13,6 +13,8 @@
 //!
 //! The protocol and the configuration are described in the README.
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod files;
 mod http;

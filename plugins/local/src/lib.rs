@@ -8,7 +8,7 @@
 //!   default the system temporary directory (`$TMPDIR` or `/tmp`) — never
 //!   the data directory, where a careless `rm` would hit the store.
 //! * Each run is its own process group, led by a watchdog (see
-//!   `driver::WATCHDOG`). Timeout and cancel send SIGTERM to the group, then
+//!   `jobx_step::WATCHDOG`). Timeout and cancel send SIGTERM to the group, then
 //!   SIGKILL after `kill_grace_secs`. When the step exits, whatever it left
 //!   running in its group is killed too: a step leaves nothing behind (hand
 //!   long-lived services to the service manager). If the daemon dies, even
@@ -21,21 +21,21 @@
 //! Configuration (`[plugins.local]`, all optional): `workdir` (path),
 //! `kill_grace_secs` (default 3), `copy_workers` (default 2).
 
+#![forbid(unsafe_code)]
+
 mod driver;
 mod scp;
 
-// The step contract is shared with `jobx-agent`, which runs steps on its own
-// host exactly as this plugin does; it uses these pieces rather than copies.
-pub mod lines;
-pub use driver::{ScriptFile, WATCHDOG};
-pub use scp::{finish_copy, parse_mode, temp_name, CopyStats};
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jobx_plugin_api::{export_plugin, Executor, Reporter, RunId, StepKind, StepRequest};
 use serde::Deserialize;
+
+// The step contract (watchdog, script file, interpreters) is jobx-step's,
+// shared with `jobx-agent`, which runs steps on its own host the same way.
+use jobx_step::{resolve_interpreter, ScriptFile};
 
 use crate::driver::{Driver, Spec};
 use crate::scp::{Copier, CopyJob};
@@ -64,32 +64,6 @@ pub struct Local {
     copier: Copier,
     workdir: PathBuf,
     script_dir: PathBuf,
-}
-
-/// Interpreters looked up in `PATH`.
-const INTERPRETERS: &[&str] = &["bash", "sh", "python3", "perl"];
-
-/// Resolves an interpreter name to an executable path.
-pub fn resolve_interpreter(name: &str) -> Result<PathBuf, String> {
-    let path = Path::new(name);
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    if !INTERPRETERS.contains(&name) {
-        return Err(format!(
-            "unsupported interpreter {name:?}: use bash, sh, python3, perl or an absolute path"
-        ));
-    }
-    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&search)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| format!("interpreter {name} not found in PATH"))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 impl Executor for Local {

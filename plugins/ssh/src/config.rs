@@ -110,15 +110,37 @@ impl Config {
             ("ssh_config", &self.ssh_config),
         ] {
             if let Some(v) = value {
-                crate::target::check_config_path(v)
+                check_config_path(v)
                     .map_err(|e| format!("[plugins.ssh] {key}: {e}"))?;
             }
         }
         if let Some(user) = &self.user {
-            crate::target::check_user(user).map_err(|e| format!("[plugins.ssh] user: {e}"))?;
+            check_user(user).map_err(|e| format!("[plugins.ssh] user: {e}"))?;
         }
         Ok(())
     }
+}
+
+/// A login user must be a single word without `@`.
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty()
+        || user.starts_with('-')
+        || user
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == '%')
+    {
+        return Err(format!("invalid login user {user:?}"));
+    }
+    Ok(())
+}
+
+/// Paths from the configuration end up in ssh option values, where `"`
+/// cannot be escaped.
+pub fn check_config_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.contains('"') || path.chars().any(char::is_control) {
+        return Err(format!("unusable path {path:?}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

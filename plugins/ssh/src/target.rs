@@ -33,7 +33,7 @@ impl Target {
             .find(|u| !u.is_empty())
             .cloned();
         if let Some(u) = &user {
-            check_user(u)?;
+            crate::config::check_user(u)?;
         }
         Ok(Target {
             host,
@@ -86,28 +86,6 @@ pub fn check_host(host: &str) -> Result<(), String> {
     }
     if host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("invalid node address {host:?}"));
-    }
-    Ok(())
-}
-
-/// A login user must be a single word without `@`.
-pub fn check_user(user: &str) -> Result<(), String> {
-    if user.is_empty()
-        || user.starts_with('-')
-        || user
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == '%')
-    {
-        return Err(format!("invalid login user {user:?}"));
-    }
-    Ok(())
-}
-
-/// Paths from the configuration end up in ssh option values, where `"`
-/// cannot be escaped.
-pub fn check_config_path(path: &str) -> Result<(), String> {
-    if path.is_empty() || path.contains('"') || path.chars().any(char::is_control) {
-        return Err(format!("unusable path {path:?}"));
     }
     Ok(())
 }
@@ -385,7 +363,7 @@ mod tests {
         assert!(Target::for_step(&r, &Config::default()).is_err());
         assert!(Target::for_step(&req(Some("-x"), None), &Config::default()).is_err());
         assert!(Target::for_step(&req(Some("a@b"), None), &Config::default()).is_err());
-        assert!(check_user("deploy").is_ok());
+        assert!(crate::config::check_user("deploy").is_ok());
         assert!(check_host("fe80::1").is_ok());
     }
 
