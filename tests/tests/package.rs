@@ -273,11 +273,6 @@ fn debian_package_runs_with_its_own_config_and_plugins() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in jobxd.toml");
     }
-    let checked = run(Command::new(&exe)
-        .arg("--config")
-        .arg(&config)
-        .arg("--check-config"));
-    assert!(checked.contains("configuration ok"));
 
     if has_command("systemd-analyze", "--version") {
         verify_unit(&unit, "/usr/bin/jobxd", &exe, tmp.path());
@@ -294,6 +289,13 @@ fn debian_package_runs_with_its_own_config_and_plugins() {
     let ours = tmp.path().join("jobxd.toml");
     let moved = format!("dir = [{:?}]", plugin_dir.display().to_string());
     std::fs::write(&ours, text.replace(PLUGIN_DIR_LINE, &moved)).expect("write config");
+    // --check-config loads the plugins too: the packaged config with the
+    // packaged plugins is valid.
+    let checked = run(Command::new(&exe)
+        .arg("--config")
+        .arg(&ours)
+        .arg("--check-config"));
+    assert!(checked.contains("configuration ok"), "{checked}");
     let data = tmp.path().join("data");
     let (mut daemon, addr) = start(&exe, &ours, &data);
     assert_eq!(get(&addr, "/mon", None), (200, "ok".to_string()));
