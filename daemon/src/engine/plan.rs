@@ -227,6 +227,10 @@ mod tests {
         assert!(batch_settled(&sub("fail", Some("confirmed by x"))));
         assert!(!batch_settled(&sub("fail", Some("WaitConfirm"))));
         assert!(!batch_settled(&sub("init", None)));
+        // a passed batch at a canary gate holds the task until confirmed
+        assert!(!batch_settled(&sub("success", Some("WaitConfirm"))));
+        assert!(batch_settled(&sub("success", Some("confirmed by x"))));
+        assert!(batch_settled(&sub("success", Some(""))));
     }
 
     #[test]
