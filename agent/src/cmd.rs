@@ -21,8 +21,8 @@ use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
 use crate::output::Output;
 use crate::state::{Control, Stop};
-use jobx_plugin_local::lines::LineSplitter;
-use jobx_plugin_local::{resolve_interpreter, ScriptFile, WATCHDOG};
+use jobx_step::lines::LineSplitter;
+use jobx_step::{resolve_interpreter, ScriptFile, WATCHDOG};
 
 /// How often the step's state is looked at.
 const TICK: Duration = Duration::from_millis(50);

@@ -20,7 +20,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jobx_plugin_local::{finish_copy, parse_mode, temp_name, CopyStats};
+use jobx_step::{finish_copy, parse_mode, temp_name, CopyStats};
 
 use crate::client::Client;
 use crate::output::Output;

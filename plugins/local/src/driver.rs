@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,35 +22,12 @@ use jobx_plugin_api::{Reporter, RunId, StepResult, Stream};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
-use crate::lines::LineSplitter;
+use jobx_step::lines::LineSplitter;
+use jobx_step::{ScriptFile, WATCHDOG};
 
-/// The watchdog, run as
-/// `sh -c WATCHDOG jobx-watchdog <script file> <program> <args…>`.
-/// It is a fixed text: step data only ever reaches it as arguments.
-///
-/// * fd 0 is the lifeline; it is moved to fd 3 and stdin becomes /dev/null.
-/// * A background subshell blocks reading the lifeline; EOF (the daemon is
-///   gone, or it closed the pipe) makes it remove the script file (nobody
-///   else will) and `kill -9 0`: the whole group. It ignores SIGTERM so it
-///   survives the group SIGTERM of a timeout or cancel.
-/// * The step runs in the background without fd 3. The watchdog traps
-///   SIGTERM (a handler, so the step does not inherit an ignored signal) to
-///   keep waiting through the grace period, and exits with the step's status.
-pub const WATCHDOG: &str = r#"f=$1; shift
-exec 3<&0 0</dev/null
-{ trap '' TERM; read -r _ <&3; rm -f -- "$f"; kill -9 0; } &
-w=$!
-exec 3<&-
-trap : TERM
-"$@" &
-c=$!
-while :; do
-  wait "$c"; s=$?
-  kill -0 "$c" 2>/dev/null || break
-done
-kill -9 "$w" 2>/dev/null
-exit "$s"
-"#;
+/// The scp tests name their scratch directories with it.
+#[cfg(test)]
+pub(crate) use jobx_step::unique;
 
 /// How long output may still arrive after the watchdog exited (from
 /// processes that left the group but kept the pipes open).
@@ -62,69 +39,6 @@ const CHUNK: usize = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A script written to a private temporary file, removed when dropped.
-pub struct ScriptFile {
-    path: PathBuf,
-}
-
-impl ScriptFile {
-    /// Writes `script` to a new file (mode 0600) in `dir`.
-    pub fn create(dir: &Path, tag: &str, script: &str) -> io::Result<ScriptFile> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tag: String = tag
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .take(40)
-            .collect();
-        let mut attempt = 0u32;
-        loop {
-            let path = dir.join(format!("jobx-{tag}-{}.script", unique()));
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    let file_guard = ScriptFile { path };
-                    file.write_all(script.as_bytes())?;
-                    return Ok(file_guard);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Where the script is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ScriptFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// A name part unlikely to repeat: pid, time and a counter.
-pub fn unique() -> String {
-    use std::sync::atomic::AtomicU64;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{nanos:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// What to run for one step.

@@ -20,7 +20,6 @@
 //!   large files.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -30,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use jobx_plugin_api::{Reporter, RunId, StepResult};
+use jobx_step::{finish_copy, parse_mode, temp_name, CopyStats};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -169,55 +169,6 @@ impl Limits<'_> {
     }
 }
 
-/// What a copy did.
-#[derive(Default, Debug)]
-pub struct CopyStats {
-    pub files: u64,
-    pub bytes: u64,
-    pub removed: u64,
-}
-
-/// The end of every copy: `chmod` and `chown` on what was copied to
-/// `target` (`skipped` gets a line when chown is not possible), then the
-/// summary line to report.
-pub fn finish_copy(
-    target: &Path,
-    mode: Option<u32>,
-    owner: Option<&str>,
-    stats: &CopyStats,
-    skipped: impl FnOnce(String),
-) -> Result<String, String> {
-    if let Some(mode) = mode {
-        fs::set_permissions(target, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("scp: chmod {}: {e}", target.display()))?;
-    }
-    if let Some(owner) = owner.filter(|o| !o.is_empty()) {
-        chown(owner, target, skipped)?;
-    }
-    let mut summary = format!(
-        "copied {} file(s), {} byte(s) to {}",
-        stats.files,
-        stats.bytes,
-        target.display()
-    );
-    if stats.removed > 0 {
-        summary.push_str(&format!(", removed {} extra entr(ies)", stats.removed));
-    }
-    Ok(summary)
-}
-
-/// Parses an octal mode like `0755` or `644`.
-pub fn parse_mode(text: &str) -> Result<u32, String> {
-    let t = text.trim();
-    let t = t.strip_prefix("0o").unwrap_or(t);
-    match u32::from_str_radix(t, 8) {
-        Ok(m) if !t.is_empty() && m <= 0o7777 => Ok(m),
-        _ => Err(format!(
-            "invalid chmod {text:?}: expected an octal mode like 0755"
-        )),
-    }
-}
-
 fn copy_job(job: &CopyJob, limits: &Limits) -> Result<String, String> {
     let mode = job.chmod.as_deref().map(parse_mode).transpose()?;
     if job.dst.is_empty() {
@@ -283,34 +234,6 @@ fn inside(path: &Path, dir: &Path) -> bool {
     }
 }
 
-/// Gives `target` to `owner` (`user` or `user:group`) with the system
-/// `chown`; when not running as root, nothing is changed and `skipped` gets
-/// a line to report instead.
-pub fn chown(owner: &str, target: &Path, skipped: impl FnOnce(String)) -> Result<(), String> {
-    if !rustix::process::geteuid().is_root() {
-        skipped(format!("chown {owner} skipped: not running as root"));
-        return Ok(());
-    }
-    // The system chown resolves user and group names (NSS included); the
-    // owner goes in argv, never through a shell.
-    let status = std::process::Command::new("chown")
-        .arg("--")
-        .arg(owner)
-        .arg(target)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("scp: cannot run chown: {e}"))?;
-    if status.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "scp: chown {owner} {}: {}",
-            target.display(),
-            String::from_utf8_lossy(&status.stderr).trim()
-        ))
-    }
-}
-
 /// Copies one non-directory entry (file or symlink) to `dst`.
 fn copy_entry(
     src: &Path,
@@ -347,14 +270,6 @@ fn copy_entry(
     }
     stats.files += 1;
     Ok(())
-}
-
-/// A hidden temporary name beside `dst`, renamed into place once written.
-pub fn temp_name(dst: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(dst.file_name().unwrap_or_default());
-    name.push(format!(".jobx-{}", crate::driver::unique()));
-    dst.with_file_name(name)
 }
 
 fn copy_file(
