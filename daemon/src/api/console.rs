@@ -415,13 +415,73 @@ impl Cell {
     }
 }
 
+/// What a node's result record in a step log says: the runner ends each
+/// node's run with "exit code N", "failed: …", "finished without an exit
+/// code" or "not started: task stopped"; other records say nothing.
+pub fn node_result(text: &str) -> Option<Cell> {
+    if let Some(code) = text.strip_prefix("exit code ") {
+        return Some(if code.trim() == "0" {
+            Cell::Ok
+        } else {
+            Cell::Fail
+        });
+    }
+    if text.starts_with("failed: ") || text == "finished without an exit code" {
+        return Some(Cell::Fail);
+    }
+    if text == "not started: task stopped" {
+        return Some(Cell::Skipped);
+    }
+    None
+}
+
+/// Whether a record is a step's header ("step \"x\" (local) on a,b"): a new
+/// run of the step starts there (a retry runs it again).
+fn is_step_header(r: &crate::model::LogRecord) -> bool {
+    r.node.is_empty()
+        && r.stream == "info"
+        && r.text.starts_with("step \"")
+        && r.text.contains(") on ")
+}
+
+/// The nodes that finished the latest run of a step, from its log records in
+/// order; `None` for a log too long to tell within `budget` records.
+pub fn run_results<'a>(
+    records: impl Iterator<Item = &'a crate::model::LogRecord>,
+    budget: usize,
+) -> Option<BTreeMap<String, Cell>> {
+    let mut out = BTreeMap::new();
+    for (n, r) in records.enumerate() {
+        if n >= budget {
+            return None;
+        }
+        if is_step_header(r) {
+            out.clear();
+        } else if r.stream == "info" && !r.node.is_empty() {
+            if let Some(c) = node_result(&r.text) {
+                out.insert(r.node.clone(), c);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Records read at most to tell which nodes finished a running step.
+const RESULT_SCAN: usize = 5_000;
+
+/// The running step of a batch: its index and the nodes done in its latest run.
+pub struct Current {
+    pub step: usize,
+    pub done: BTreeMap<String, Cell>,
+}
+
 /// The cells of one batch, step by step: a state for the step and the
 /// nodes that differ from it. `current` is the step a running batch is in
-/// (the last one that wrote a log record).
+/// (the last one that wrote a log record) with the nodes already done.
 pub fn batch_cells(
     task: &Task,
     s: &Subtask,
-    current: Option<usize>,
+    current: Option<&Current>,
 ) -> Vec<(Cell, Vec<(String, Cell)>)> {
     let failed = |n: &String| s.failed_nodes.contains(n);
     let except = |c: Cell| -> Vec<(String, Cell)> {
@@ -446,16 +506,32 @@ pub fn batch_cells(
                     let Some(cur) = current else {
                         return (Cell::Pending, Vec::new());
                     };
-                    let retrying = s.failed_step == Some(cur) && !s.failed_nodes.is_empty();
-                    if i < cur {
-                        (Cell::Ok, Vec::new())
-                    } else if i == cur && retrying {
-                        (Cell::Ok, except(Cell::Running))
-                    } else if i == cur {
-                        (Cell::Running, Vec::new())
-                    } else {
-                        (Cell::Pending, Vec::new())
+                    if i < cur.step {
+                        return (Cell::Ok, Vec::new());
                     }
+                    if i > cur.step {
+                        return (Cell::Pending, Vec::new());
+                    }
+                    // A retry runs the step again on the nodes it failed on only.
+                    let retrying = s.failed_step == Some(cur.step) && !s.failed_nodes.is_empty();
+                    let all = if retrying { Cell::Ok } else { Cell::Running };
+                    let nodes = s
+                        .nodes
+                        .iter()
+                        .filter_map(|n| {
+                            let base = if retrying && failed(n) {
+                                Cell::Running
+                            } else {
+                                all
+                            };
+                            let c = match cur.done.get(n) {
+                                Some(c) if base == Cell::Running => *c,
+                                _ => base,
+                            };
+                            (c != all).then(|| (n.clone(), c))
+                        })
+                        .collect();
+                    (all, nodes)
                 }
                 // fail, refuse
                 _ => match s.failed_step {
@@ -481,15 +557,32 @@ fn step_key(s: &Subtask, step: &Step) -> String {
     format!("{}{}{}", s.uuid, step.uuid, step.plugin)
 }
 
-/// The step a running batch is in: the last applicable step with a log record.
-fn current_step(app: &App, task: &Task, s: &Subtask) -> Result<Option<usize>> {
+/// The step a running batch is in (the last applicable step with a log
+/// record) and the nodes done in its latest run, read from at most
+/// `RESULT_SCAN` records.
+fn current_step(app: &App, task: &Task, s: &Subtask) -> Result<Option<Current>> {
     for (i, step) in task.steps.iter().enumerate().rev() {
         if !crate::engine::plan::step_applies(step, &task.action, s.idx, task.batches) {
             continue;
         }
-        if !app.store.logs(&step_key(s, step), 0, 1)?.is_empty() {
-            return Ok(Some(i));
+        let key = step_key(s, step);
+        if app.store.logs(&key, 0, 1)?.is_empty() {
+            continue;
         }
+        let mut records = Vec::new();
+        let mut at = 0;
+        while records.len() <= RESULT_SCAN {
+            let page = app.store.logs(&key, at, 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            at = *last;
+            let full = page.len() == 1000;
+            records.extend(page.into_iter().map(|(_, r)| r));
+            if !full {
+                break;
+            }
+        }
+        let done = run_results(records.iter(), RESULT_SCAN).unwrap_or_default();
+        return Ok(Some(Current { step: i, done }));
     }
     Ok(None)
 }
@@ -509,7 +602,7 @@ async fn task_view(req: Req) -> Result<Reply> {
             } else {
                 None
             };
-            let cells: Vec<Value> = batch_cells(&task, s, current)
+            let cells: Vec<Value> = batch_cells(&task, s, current.as_ref())
                 .into_iter()
                 .zip(&task.steps)
                 .map(|((all, nodes), step)| {
@@ -759,15 +852,19 @@ mod tests {
             2,
         );
         let s = sub(0, "running", &["n1"]);
+        let cur = |step| Current {
+            step,
+            done: BTreeMap::new(),
+        };
         assert_eq!(
-            states(&batch_cells(&t, &s, Some(1))),
+            states(&batch_cells(&t, &s, Some(&cur(1)))),
             vec!["ok", "running", "pending"]
         );
         assert_eq!(states(&batch_cells(&t, &s, None)), vec!["pending"; 3]);
         let mut r = sub(0, "running", &["n1", "n2"]);
         r.failed_step = Some(1);
         r.failed_nodes = vec!["n2".into()];
-        let c = batch_cells(&t, &r, Some(1));
+        let c = batch_cells(&t, &r, Some(&cur(1)));
         assert_eq!(states(&c), vec!["ok", "ok", "pending"]);
         assert_eq!(c[1].1, vec![("n2".to_string(), Cell::Running)]);
         assert_eq!(
@@ -781,6 +878,58 @@ mod tests {
         assert_eq!(
             states(&batch_cells(&t, &sub(1, "cancel", &["n"]), None)),
             vec!["skipped"; 3]
+        );
+    }
+
+    fn rec(node: &str, stream: &str, text: &str) -> crate::model::LogRecord {
+        crate::model::LogRecord {
+            time: 0,
+            node: node.into(),
+            stream: stream.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn nodes_done_in_the_latest_run_of_a_step() {
+        assert_eq!(node_result("exit code 0"), Some(Cell::Ok));
+        assert_eq!(node_result("exit code 3"), Some(Cell::Fail));
+        assert_eq!(node_result("failed: timeout after 5 s"), Some(Cell::Fail));
+        assert_eq!(
+            node_result("not started: task stopped"),
+            Some(Cell::Skipped)
+        );
+        assert_eq!(node_result("[output truncated at 10 bytes]"), None);
+        let log = [
+            rec("", "info", "step \"install\" (local) on a,b"),
+            rec("a", "stdout", "exit code 0"),
+            rec("a", "info", "exit code 0"),
+            rec("b", "info", "exit code 3"),
+            rec("", "info", "step \"install\": failed on b"),
+            // the retry: b runs again, its old result no longer counts
+            rec("", "info", "step \"install\" (local) on b"),
+            rec("b", "stdout", "retrying"),
+        ];
+        let done = run_results(log.iter(), 100).expect("within budget");
+        assert_eq!(done, BTreeMap::new());
+        let done = run_results(log[..4].iter(), 100).expect("within budget");
+        assert_eq!(done.get("a"), Some(&Cell::Ok));
+        assert_eq!(done.get("b"), Some(&Cell::Fail));
+        assert_eq!(run_results(log.iter(), 3), None, "too long to tell");
+    }
+
+    #[test]
+    fn running_step_shows_the_nodes_already_done() {
+        let t = task(vec![step("a", "always"), step("b", "always")], 1);
+        let s = sub(0, "running", &["n1", "n2", "n3"]);
+        let mut done = BTreeMap::new();
+        done.insert("n1".to_string(), Cell::Ok);
+        done.insert("n3".to_string(), Cell::Fail);
+        let c = batch_cells(&t, &s, Some(&Current { step: 0, done }));
+        assert_eq!(states(&c), vec!["running", "pending"]);
+        assert_eq!(
+            c[0].1,
+            vec![("n1".to_string(), Cell::Ok), ("n3".to_string(), Cell::Fail)]
         );
     }
 
