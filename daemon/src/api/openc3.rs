@@ -45,10 +45,9 @@ impl tide::Middleware<Arc<App>> for CompatAnswers {
     async fn handle(&self, req: Req, next: tide::Next<'_, Arc<App>>) -> tide::Result {
         let path = req.url().path().to_string();
         let mut res = next.run(req).await;
-        let console = path == "/ui" || path.starts_with("/ui/");
         // A Basic challenge (the log page) is for a browser prompt: keep it.
         if res.status() != tide::StatusCode::Unauthorized
-            || console
+            || !openc3_route(&path)
             || res.header("www-authenticate").is_some()
         {
             return Ok(res);
@@ -63,6 +62,14 @@ impl tide::Middleware<Arc<App>> for CompatAnswers {
             &json!({"stat": false, "code": 10000, "info": info}),
         ))
     }
+}
+
+/// Whether OPEN-C3's clients call this path: not the console, plugins
+/// (agents), backups or Prometheus, whose clients expect a 401.
+fn openc3_route(path: &str) -> bool {
+    let p = super::openc3_auth::strip_prefix(path);
+    let own = |prefix: &str| p == prefix || p.starts_with(&format!("{prefix}/"));
+    !(own("/ui") || own("/plugin") || own("/backup") || own("/metrics"))
 }
 
 fn compat(app: &App) -> bool {
@@ -531,6 +538,16 @@ mod tests {
         assert!(placeholder(&deploy("", false)).is_none());
         assert!(placeholder(&deploy("pending", true)).is_none());
         assert!(placeholder(&deploy("rollback", true)).is_none());
+    }
+
+    #[test]
+    fn compat_answers_only_where_openc3_calls() {
+        assert!(openc3_route("/api/jobx/task/1"));
+        assert!(openc3_route("/monitor/metrics"));
+        assert!(!openc3_route("/metrics"));
+        assert!(!openc3_route("/plugin/agent-pull/poll"));
+        assert!(!openc3_route("/ui/session"));
+        assert!(!openc3_route("/backup"));
     }
 
     #[test]
