@@ -173,12 +173,14 @@ App.pages.run = async function (ctx) {
     return;
   }
   let jobs, groups;
+  const here = App.route;
   try {
     [jobs, groups] = await Promise.all([api("GET", "/job/" + pid), api("GET", "/group/" + pid)]);
   } catch (e) {
-    showError(e);
+    if (App.route === here) showError(e);
     return;
   }
+  if (App.route !== here) return; // left the page while it loaded
   jobs = jobs.data;
   groups = groups.data;
   if (!jobs.length) {
