@@ -99,9 +99,15 @@ impl Connector {
 
     /// One GET to the Connector, answered as JSON with `stat: true`.
     async fn call(&self, path_and_query: String) -> std::result::Result<Value, String> {
+        // An IPv6 address is bracketed in a URL.
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         let url = format!(
-            "http://{}:{}{}{}",
-            self.host, self.port, self.prefix, path_and_query
+            "http://{host}:{}{}{}",
+            self.port, self.prefix, path_and_query
         );
         let url = tide::http::Url::parse(&url).map_err(|e| format!("bad URL {url}: {e}"))?;
         let mut rq = tide::http::Request::new(tide::http::Method::Get, url);
