@@ -268,6 +268,8 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
     };
     // Nodes that failed in this batch and were tolerated sit out its later steps.
     let mut batch_failed: Vec<String> = Vec::new();
+    // The same nodes as a set: membership checks stay linear in batch size.
+    let mut failed_set: std::collections::HashSet<String> = Default::default();
     let mut tolerated: Option<String> = None;
     for (i, step) in task.steps.iter().enumerate().skip(from) {
         let keys = Keys::new(&task.uuid, &sub.uuid, &step.uuid, &step.plugin);
@@ -294,7 +296,7 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
         } else {
             sub.nodes
                 .iter()
-                .filter(|n| !batch_failed.contains(n))
+                .filter(|n| !failed_set.contains(*n))
                 .cloned()
                 .collect()
         };
@@ -340,11 +342,12 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
         }
         if !o.failed.is_empty() {
             batch_failed.extend(o.failed.iter().cloned());
+            failed_set.extend(o.failed.iter().cloned());
             let outcomes: Vec<NodeOutcome> = sub
                 .nodes
                 .iter()
                 .map(|n| {
-                    if batch_failed.contains(n) {
+                    if failed_set.contains(n) {
                         NodeOutcome::Failed
                     } else {
                         NodeOutcome::Ok
