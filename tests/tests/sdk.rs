@@ -170,7 +170,9 @@ fn the_template_plugins_steps_do_not_outlive_a_killed_daemon() {
         &d,
         10,
         "long",
-        json!([{"plugin": "echo", "text": mark, "repeat": 1000, "interval_ms": 200}]),
+        // A long pause after the first line: the tool writes nothing more
+        // (which would end it by SIGPIPE) while only the lifeline can.
+        json!([{"plugin": "echo", "text": mark, "repeat": 10, "interval_ms": 60000}]),
     );
     let u = start(&d, 10, "long", "g", json!({}));
     wait_for("both echo steps to run", T, || {

@@ -141,7 +141,8 @@ async fn task_list(req: Req) -> Result<Reply> {
         };
         // The newest `limit` rows, in ascending id as OPEN-C3 answers them.
         tasks.reverse();
-        app.engine.tasks_json(pid, &tasks)
+        let rows = app.engine.tasks_json(pid, &tasks)?;
+        Ok(super::openc3::with_placeholders(app, &tasks, rows, &q))
     })
     .await?;
     Ok(Reply::Data(Value::Array(rows)))
@@ -168,12 +169,18 @@ async fn task_count(req: Req) -> Result<Reply> {
 async fn task_get(req: Req) -> Result<Reply> {
     let (pid, _) = project(&req, Role::Read)?;
     let uuid = param(&req, "uuid")?.to_string();
+    let u2 = uuid.clone();
     let t = run(req.state(), move |app| {
-        let t = app.engine.task_in(pid, &uuid)?;
+        let t = app.engine.task_in(pid, &u2)?;
         app.engine.task_json(&t)
     })
-    .await?;
-    Ok(Reply::Data(t))
+    .await;
+    if let Err(Error::NotFound(_)) = &t {
+        if let Some(r) = super::openc3::absent_task(req.state(), pid, &uuid).await? {
+            return Ok(r);
+        }
+    }
+    Ok(Reply::Data(t?))
 }
 
 async fn task_stop(req: Req) -> Result<Reply> {
