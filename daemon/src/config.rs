@@ -529,6 +529,11 @@ mod tests {
             c.auth.openc3.and_then(|o| o.connector_addr()),
             Some(("127.0.0.1".into(), 9000, "/c3".into()))
         );
+        let c = Config::parse("[auth.openc3]\nconnector = \"http://[::1]:9000\"\n").expect("v6");
+        assert_eq!(
+            c.auth.openc3.and_then(|o| o.connector_addr()),
+            Some(("::1".into(), 9000, String::new()))
+        );
         let e = Config::parse("[auth.openc3]\nconnector = \"https://x\"\n").unwrap_err();
         assert!(e.contains("auth.openc3.connector"), "{e}");
         let e = Config::parse("[auth.openc3]\nconnector = \"http://x\"\ncookie = \"a b\"\n")
