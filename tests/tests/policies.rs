@@ -106,6 +106,51 @@ fn tolerance_passes_a_batch_with_one_of_four_failed_and_zero_fails_it() {
 }
 
 #[test]
+fn an_unreachable_node_counts_as_a_failed_node() {
+    // three real sshd servers and an address where nothing listens
+    let fleet = jobx_tests::sshd::SshdFleet::start(3)
+        .expect("sshd fleet (tests/run.sh installs openssh-server)");
+    let d = Daemon::start(&format!(
+        "[plugins.ssh]\nidentity_file = {:?}\nuser = {:?}\nconnect_timeout = 5\n",
+        fleet.identity_file().display().to_string(),
+        fleet.user()
+    ));
+    let mut list: Vec<Value> = (0..3)
+        .map(|i| json!({"name": format!("s{i}"), "host": fleet.server(i).host(), "port": fleet.server(i).port()}))
+        .collect();
+    let (addr, port) = jobx_tests::sshd::unused_endpoint().expect("free port");
+    list.push(json!({"name": "gone", "host": addr.to_string(), "port": port}));
+    d.ok_post("/node/10", json!({ "nodes": list }));
+    group(&d, 10, "g", "list", "s0,gone,s1,s2");
+    job(
+        &d,
+        10,
+        "app",
+        json!([{"name": "hello", "plugin": "ssh", "script": "echo fine $JOBX_NODE"}]),
+    );
+    let ok = start(&d, 10, "app", "g", json!({"_tolerate_": "1"}));
+    let t = wait_finished(&d, 10, &ok, Duration::from_secs(60));
+    assert_eq!(t["status"], "success", "{t}");
+    let subs = subtasks(&d, 10, &ok);
+    assert_eq!(subs[0]["failed_nodes"], json!(["gone"]));
+    assert_eq!(
+        subs[0]["reason"],
+        "1 of 4 nodes failed (tolerated: _tolerate_=1)"
+    );
+    let log = log_text(&d, &ok);
+    assert!(
+        log.contains("[gone] failed: unreachable") && log.contains("[s2] fine s2"),
+        "{log}"
+    );
+    // with 0 tolerated, the unreachable node fails the batch
+    let bad = start(&d, 10, "app", "g", json!({"_tolerate_": "0"}));
+    let subs = wait_confirm(&d, 10, &bad, 0, Duration::from_secs(60));
+    assert_eq!(subs[0]["failed_nodes"], json!(["gone"]));
+    d.ok_put(&format!("/task/10/{bad}"), json!({}));
+    wait_finished(&d, 10, &bad, T);
+}
+
+#[test]
 fn bad_policies_are_refused_at_creation_and_dry_run_shows_the_policy() {
     let d = Daemon::start("");
     nodes(&d, 10, &["n1", "n2", "n3"]);
