@@ -728,6 +728,13 @@ fn task_detail_page() {
     assert_eq!(p["status"], "success");
     assert_eq!(p["name"], "app");
     assert_eq!(scan(&p["variable"], "version"), "2.0");
+    // reloaXd(): its batches — none, as in the original
+    let b = get(
+        &d,
+        &format!("/api/jobx/subtask/10/{}", uuid_of_rollback(&u2)),
+        who,
+    );
+    assert_eq!(b, json!([]));
     // a deploy without _rollbackVersion_: its partner is the _skip_ row
     let u3 = start(
         &d,
