@@ -643,6 +643,9 @@ fn task_detail_page() {
     assert_eq!(subs[0]["status"], "success");
     assert_eq!(subs[0]["nodelist"], "n1");
     let sub2 = subs[1]["uuid"].as_str().expect("batch uuid").to_string();
+    // the history page's "waiting" filter finds it
+    let waiting = get(&d, "/api/jobx/task/10?status=waiting", who);
+    assert_eq!(waiting[0]["uuid"], uuid.as_str(), "{waiting}");
     let my = get(&d, &format!("/api/jobx/subtask/10/{sub2}/mystatus"), who);
     assert_eq!(
         (
