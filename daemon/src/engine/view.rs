@@ -75,7 +75,7 @@ impl Engine {
                 }
             }
         }
-        candidates.sort_by(|a, b| b.id.cmp(&a.id));
+        candidates.sort_by_key(|t| std::cmp::Reverse(t.id));
         candidates.dedup_by(|a, b| a.id == b.id);
         let approvals = self.store.pending_approvals(project)?;
         let mut out = Vec::new();
