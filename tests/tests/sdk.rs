@@ -61,6 +61,32 @@ fn echo_daemon(dir: &TempDir, config: &str) -> Daemon {
     d
 }
 
+/// Starts a job of one long echo step printing `mark` on `names` and waits
+/// until every node has printed it; answers the task uuid.
+fn start_printing(d: &Daemon, names: &[&str], mark: &str, step: serde_json::Value) -> String {
+    nodes(d, 10, names);
+    group(d, 10, "g", "list", &names.join(","));
+    job(d, 10, "long", json!([step]));
+    let u = start(d, 10, "long", "g", json!({}));
+    wait_for("the echo steps to print", T, || {
+        let log = log_text(d, &u);
+        names
+            .iter()
+            .all(|n| log.contains(&format!("[{n}] {mark}")))
+            .then_some(())
+    });
+    assert!(!processes_matching(mark).is_empty());
+    u
+}
+
+/// Waits until the first batch of task `u` has failed.
+fn wait_first_batch_failed(d: &Daemon, u: &str) {
+    wait_for("the first batch to fail", T, || {
+        let s = subtasks(d, 10, u);
+        (s.first()?["status"] == "fail").then_some(())
+    });
+}
+
 #[test]
 fn the_template_plugin_runs_steps_in_a_real_daemon() {
     let dir = TempDir::new("sdk-echo");
@@ -100,10 +126,7 @@ fn the_template_plugin_runs_steps_in_a_real_daemon() {
         json!([{"plugin": "echo", "text": "before failing", "fail": "asked to fail"}]),
     );
     let u = start(&d, 10, "failing", "g", json!({}));
-    wait_for("the failing batch to settle", T, || {
-        let s = subtasks(&d, 10, &u);
-        (s.first()?["status"] == "fail").then_some(())
-    });
+    wait_first_batch_failed(&d, &u);
     let log = log_text(&d, &u);
     assert!(log.contains("[n1] before failing"), "{log}");
     assert!(log.contains("asked to fail"), "{log}");
@@ -118,10 +141,7 @@ fn the_template_plugin_runs_steps_in_a_real_daemon() {
         json!([{"plugin": "echo", "text": "x", "repeat": 6}]),
     );
     let u = start(&d, 10, "too-many", "g", json!({}));
-    wait_for("the refused step to fail", T, || {
-        let s = subtasks(&d, 10, &u);
-        (s.first()?["status"] == "fail").then_some(())
-    });
+    wait_first_batch_failed(&d, &u);
     let log = log_text(&d, &u);
     assert!(
         log.contains("echo step: repeat: at most 5 (set by [plugins.echo] max_repeat), not 6"),
@@ -134,22 +154,9 @@ fn the_template_plugin_runs_steps_in_a_real_daemon() {
 fn stopping_a_task_cancels_the_template_plugins_step() {
     let dir = TempDir::new("sdk-echo-stop");
     let d = echo_daemon(&dir, "");
-    nodes(&d, 10, &["n1"]);
-    group(&d, 10, "g", "list", "n1");
     let mark = marker("echo-stop");
-    job(
-        &d,
-        10,
-        "long",
-        json!([{"plugin": "echo", "text": mark, "repeat": 1000, "interval_ms": 200}]),
-    );
-    let u = start(&d, 10, "long", "g", json!({}));
-    wait_for("the echo step to print", T, || {
-        log_text(&d, &u)
-            .contains(&format!("[n1] {mark}"))
-            .then_some(())
-    });
-    assert!(!processes_matching(&mark).is_empty());
+    let step = json!({"plugin": "echo", "text": mark, "repeat": 1000, "interval_ms": 200});
+    let u = start_printing(&d, &["n1"], &mark, step);
     d.ok_put(&format!("/task/10/{u}"), json!({}));
     assert_eq!(wait_finished(&d, 10, &u, T)["status"], "fail");
     wait_for("the cancelled step's processes to end", T, || {
@@ -163,24 +170,11 @@ fn stopping_a_task_cancels_the_template_plugins_step() {
 fn the_template_plugins_steps_do_not_outlive_a_killed_daemon() {
     let dir = TempDir::new("sdk-echo-kill");
     let mut d = echo_daemon(&dir, "");
-    nodes(&d, 10, &["n1", "n2"]);
-    group(&d, 10, "g", "list", "n1,n2");
     let mark = marker("echo-lifeline");
-    job(
-        &d,
-        10,
-        "long",
-        // A long pause after the first line: the tool writes nothing more
-        // (which would end it by SIGPIPE) while only the lifeline can.
-        json!([{"plugin": "echo", "text": mark, "repeat": 10, "interval_ms": 60000}]),
-    );
-    let u = start(&d, 10, "long", "g", json!({}));
-    wait_for("both echo steps to run", T, || {
-        let log = log_text(&d, &u);
-        (log.contains(&format!("[n1] {mark}")) && log.contains(&format!("[n2] {mark}")))
-            .then_some(())
-    });
-    assert!(!processes_matching(&mark).is_empty());
+    // A long pause after the first line: the tool writes nothing more
+    // (which would end it by SIGPIPE), so only the lifeline can end it.
+    let step = json!({"plugin": "echo", "text": mark, "repeat": 10, "interval_ms": 60000});
+    let _u = start_printing(&d, &["n1", "n2"], &mark, step);
     // SIGKILL: no cleanup code of jobxd or the plugin runs; only the
     // lifeline pipe closing tells the steps.
     d.kill9();
