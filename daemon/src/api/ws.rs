@@ -126,7 +126,8 @@ pub async fn endpoint(req: Req) -> tide::Result {
 
 async fn handshake(req: Req) -> Result<tide::Response> {
     let app = req.state().clone();
-    let who = principal(&req)?;
+    // Who is asking comes first: strangers learn nothing about tasks.
+    principal(&req)?;
     let slave = param(&req, "slave")?;
     if slave != app.slave {
         return Err(Error::NotFound(format!(
@@ -144,7 +145,6 @@ async fn handshake(req: Req) -> Result<tide::Response> {
     let task = tasks::run(&app, move |app| app.store.task(&u2))
         .await?
         .ok_or_else(|| Error::NotFound(format!("no task {uuid}")))?;
-    drop(who);
     super::openc3_auth::authorize_on(&req, task.projectid, Role::Read).await?;
     let key = req
         .header("sec-websocket-key")
