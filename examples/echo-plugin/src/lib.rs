@@ -161,16 +161,30 @@ mod tests {
         assert!(err.starts_with("[plugins.echo] workers:"), "{err}");
     }
 
+    /// Processes whose command line contains `marker`.
+    fn processes_with(marker: &str) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
+            .count()
+    }
+
     #[test]
     fn cancel_kills_a_running_step() {
         let e = echo(json!({}));
+        let mark = format!("jobx-echo-cancel-{}", std::process::id());
         let rec = start(
             &e,
             7,
-            json!({"text": "tick", "repeat": 1000, "interval_ms": 200}),
+            json!({"text": mark, "repeat": 1000, "interval_ms": 200}),
             60,
         );
         assert!(rec.wait_lines(1, T), "the step started");
+        assert!(processes_with(&mark) > 0, "the step runs as a process");
         let began = Instant::now();
         e.cancel(RunId(7));
         assert_eq!(rec.wait_done(T), Some(StepResult::failed("cancelled")));
@@ -181,6 +195,12 @@ mod tests {
         );
         let n = rec.stdout().len();
         assert!(n < 1000, "{n} lines");
+        // Nothing of the step is left running.
+        let deadline = Instant::now() + T;
+        while processes_with(&mark) > 0 {
+            assert!(Instant::now() < deadline, "the cancelled step lives on");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Unknown and finished runs are ignored.
         e.cancel(RunId(7));
         e.cancel(RunId(99));
