@@ -31,30 +31,33 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+const GLOBAL: &str = "Global options";
+
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// The jobx daemon, http://host:port or https://…
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub server: Option<String>,
     /// The API token (prefer --token-file or JOBX_TOKEN: flags are visible in ps)
     #[arg(
         long,
         global = true,
         value_name = "TOKEN",
-        conflicts_with = "token_file"
+        conflicts_with = "token_file",
+        help_heading = GLOBAL
     )]
     pub token: Option<String>,
     /// A file holding the API token
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub token_file: Option<PathBuf>,
     /// A context of the config file, instead of its current one
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", help_heading = GLOBAL)]
     pub context: Option<String>,
     /// The project id (default: the context's project)
-    #[arg(short = 'p', long, global = true, value_name = "ID")]
+    #[arg(short = 'p', long, global = true, value_name = "ID", help_heading = GLOBAL)]
     pub project: Option<u64>,
     /// Print the server's data as JSON instead of tables
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 }
 
