@@ -613,7 +613,7 @@ fn metrics_count_tasks_steps_and_requests() {
         m.contains("jobx_step_runs_total{plugin=\"local\",result=\"fail\"} 1"),
         "{m}"
     );
-    assert!(m.contains("jobx_http_requests_total{method=\"POST\",route=\"/task/:id/job/byname\",code=\"200\"} 1"), "{m}");
+    assert!(m.contains("jobx_http_requests_total{method=\"POST\",route=\"/task/:projectid/job/byname\",code=\"200\"} 1"), "{m}");
     assert!(m.contains("jobx_store_bytes "));
     let public = Daemon::start("[server]\npublic_metrics = true\n");
     assert_eq!(public.req("GET", "/metrics", None, None).0, 200);
