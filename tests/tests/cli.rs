@@ -832,3 +832,147 @@ fn login_at_a_terminal_prompts_without_echo() {
         "{saved}"
     );
 }
+
+#[test]
+fn approvals_and_rollback_decisions_from_the_command_line() {
+    let d = Daemon::start("");
+    let u = User::new(&d);
+    let file = u.path("gated.toml");
+    std::fs::write(
+        &file,
+        r#"project = 10
+[[node]]
+name = "a1"
+[[node]]
+name = "a2"
+[[group]]
+name = "two"
+node = "a1;a2"
+[[job]]
+name = "gated"
+[[job.step]]
+name = "hello"
+plugin = "local"
+script = "echo \"$JOBX_ACTION $version on $JOBX_NODE\""
+[[job.step]]
+name = "go on?"
+plugin = "approval"
+batches = "firsttime"
+action = "deploy"
+approvers = ["admin"]
+message = "canary ${ip} fine with ${version}?"
+"#,
+    )
+    .expect("write");
+    u.ok(&["apply", "-f", file.to_str().expect("path")]);
+    let o = u.run(&[
+        "run",
+        "gated",
+        "-p",
+        "10",
+        "-g",
+        "two",
+        "--var",
+        "version=3",
+        "--rollback-version",
+        "2",
+        "--follow",
+    ]);
+    assert_eq!(o.code, 3, "an approval waits for a person:\n{o}");
+    assert!(
+        o.stdout
+            .contains("the task waits for approval by admin: canary a1 fine with 3?"),
+        "{o}"
+    );
+    let agree = printed_command(&o.stdout, "jobx approval agree");
+    assert!(o.stdout.contains("jobx approval refuse -p 10 "), "{o}");
+    let o = u.ok(&["approval", "ls", "-p", "10"]);
+    assert!(o.stdout.contains("canary a1 fine with 3?"), "{o}");
+    let args: Vec<&str> = agree.iter().map(String::as_str).collect();
+    u.ok(&args);
+    let task = d
+        .data("/task/10")
+        .as_array()
+        .and_then(|a| a.last().cloned())
+        .expect("task");
+    let uuid = task["uuid"].as_str().expect("uuid").to_string();
+
+    // The deploy ends; a rollback decision is expected and the commands are shown.
+    let o = u.run(&["task", "wait", "-p", "10", &uuid]);
+    assert_eq!(o.code, 0, "{o}");
+    assert!(o.stdout.contains("a rollback decision is expected:"), "{o}");
+    assert!(
+        o.stdout
+            .contains(&format!("jobx task rollback -p 10 {uuid}")),
+        "{o}"
+    );
+    let o = u.ok(&["task", "rollback", "-p", "10", &uuid]);
+    let mut rb = uuid.clone();
+    let last = rb.pop().expect("last");
+    rb.push(last.to_ascii_uppercase());
+    assert!(
+        o.stdout.contains(&format!("rollback task {rb} started")),
+        "{o}"
+    );
+    let o = u.run(&["task", "wait", "-p", "10", &rb]);
+    assert_eq!(
+        o.code, 0,
+        "the rollback skips the deploy-only approval:\n{o}"
+    );
+    let o = u.ok(&["log", "-p", "10", &rb]);
+    assert!(o.stdout.contains("[a1] rollback 2 on a1"), "{o}");
+    // One decision per deploy: a second one is the server's 409.
+    let o = u.run(&["task", "norollback", "-p", "10", &uuid]);
+    assert_eq!(o.code, 2, "{o}");
+    assert!(o.stderr.contains("(HTTP 409)"), "{o}");
+}
+
+#[test]
+fn colours_on_a_terminal_unless_no_color() {
+    let d = Daemon::start("");
+    let u = User::new(&d);
+    flow::nodes(&d, 10, &["c1"]);
+    let tmux = Tmux::new();
+    let jobx = sh_quote(&bin_dir().join("jobx").display().to_string());
+    let env: String = u
+        .env
+        .iter()
+        .map(|(k, v)| format!(" {k}={}", sh_quote(v)))
+        .collect();
+    let script = format!(
+        "env{env} {jobx} node ls -p 10; echo ---; env{env} NO_COLOR=1 {jobx} node ls -p 10; echo DONE; sleep 3600"
+    );
+    let o = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "120",
+        "-y",
+        "20",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(
+        o.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pane = wait_for("both listings", T, || {
+        let p = tmux.cmd(&["capture-pane", "-p", "-e", "-t", "t"]);
+        let p = String::from_utf8_lossy(&p.stdout).to_string();
+        p.contains("DONE").then_some(p)
+    });
+    let (coloured, plain) = pane.split_once("---").expect("separator");
+    assert!(
+        coloured.contains("\x1b[1mNAME"),
+        "bold header on a terminal:\n{pane:?}"
+    );
+    assert!(
+        !plain.contains("\x1b[1m"),
+        "NO_COLOR: no colours:\n{pane:?}"
+    );
+    assert!(plain.contains("NAME"), "{pane:?}");
+}
