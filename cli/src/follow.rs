@@ -73,6 +73,8 @@ fn stream_log(client: Client, path: String) -> mpsc::Receiver<Msg> {
 /// Where the running batch is, from its log records.
 #[derive(Default, Debug, PartialEq)]
 pub struct LogState {
+    /// The last record's sequence number.
+    pub seq: u64,
     pub batch: Option<usize>,
     pub step: String,
     pub done: BTreeSet<String>,
@@ -80,6 +82,7 @@ pub struct LogState {
 
 impl LogState {
     pub fn on(&mut self, r: &Record) {
+        self.seq = self.seq.max(r.seq);
         if r.node.is_empty() && r.stream == "info" {
             // "batch 2/3: a,b" or "batch 2/3 (retry): a"
             if let Some(rest) = r.text.strip_prefix("batch ") {
@@ -442,15 +445,27 @@ pub fn follow(ctx: &Ctx, p: u64, uuid: &str, o: Opts) -> Result<Exit> {
                 Waiting::Approval { uuid, .. } => uuid.clone(),
             };
             if !waved.contains(&key) {
-                if let Some(r) = &records {
-                    drain(
-                        r,
-                        &mut logstate,
-                        &progress,
-                        o.log,
-                        &mut ended,
-                        Duration::from_millis(300),
-                    );
+                // Everything the log holds so far, before the question.
+                if let (Some(r), Some(slave)) = (&records, snap.task["slave"].as_str()) {
+                    let log = format!("/slave/{}/log/{}", seg(slave), seg(uuid));
+                    let until = Instant::now() + Duration::from_secs(5);
+                    loop {
+                        let more = ctx
+                            .client
+                            .get(&format!("{log}?format=json&offset={}&max=1", logstate.seq))
+                            .is_ok_and(|v| v["records"].as_array().is_some_and(|a| !a.is_empty()));
+                        if !more || ended || Instant::now() >= until {
+                            break;
+                        }
+                        drain(
+                            r,
+                            &mut logstate,
+                            &progress,
+                            o.log,
+                            &mut ended,
+                            Duration::from_millis(200),
+                        );
+                    }
                 }
                 let asked = if o.interactive {
                     progress.suspend(|| decide(ctx, p, uuid, &w))?
