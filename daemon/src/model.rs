@@ -183,6 +183,200 @@ pub struct Waiting {
     pub on: Option<String>,
 }
 
+/// A closed set of states stored and shown as fixed strings. The string of
+/// each variant is written once, here: it is both the serde form (stored
+/// rows, OPEN-C3 clients) and what `as_str`/`Display` give.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vm])* $var),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$var => $s),+
+                }
+            }
+
+            /// The variant written as `s`, if any.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($s => Some($name::$var),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s)
+                    .ok_or_else(|| serde::de::Error::unknown_variant(&s, &[$($s),+]))
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// The status of a task.
+    TaskStatus {
+        Init = "init",
+        Running = "running",
+        Success = "success",
+        Fail = "fail",
+        Refuse = "refuse",
+    }
+}
+
+impl TaskStatus {
+    /// Nothing runs any more after this status.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Success | TaskStatus::Fail | TaskStatus::Refuse
+        )
+    }
+}
+
+wire_enum! {
+    /// The status of a batch (subtask).
+    BatchStatus {
+        Init = "init",
+        Running = "running",
+        Success = "success",
+        Fail = "fail",
+        Refuse = "refuse",
+        /// Never started: the task ended before it.
+        Cancel = "cancel",
+    }
+}
+
+wire_enum! {
+    /// The status of an approval step.
+    ApprovalStatus {
+        Pending = "pending",
+        Agree = "agree",
+        Refuse = "refuse",
+        Timeout = "timeout",
+        Cancel = "cancel",
+    }
+}
+
+wire_enum! {
+    /// One approver's word on an approval step.
+    Opinion {
+        Agree = "agree",
+        Refuse = "refuse",
+    }
+}
+
+wire_enum! {
+    /// The rollback decision of a deploy.
+    Decision {
+        /// No decision is expected (no `_rollbackVersion_`).
+        None = "",
+        Pending = "pending",
+        Rollback = "rollback",
+        NoRollback = "norollback",
+    }
+}
+
+wire_enum! {
+    /// What a task does, and which steps run in it.
+    Action {
+        Deploy = "deploy",
+        Rollback = "rollback",
+    }
+}
+
+/// The `confirm` field of a batch: whether it waits for a person, and what
+/// released it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// The batch passed; nothing to confirm (`""`).
+    Passed,
+    /// Waits for continue, retry or stop (`WaitConfirm`).
+    Waiting,
+    /// Released by a person to continue past it.
+    ConfirmedBy(String),
+    /// Set to re-run by a person.
+    RetriedBy(String),
+    /// Released because the task was stopped.
+    TaskStop,
+    /// Text this version does not write, kept as read so old rows load.
+    Other(String),
+}
+
+const CONFIRMED_BY: &str = "confirmed by ";
+const RETRIED_BY: &str = "retried by ";
+
+impl Confirm {
+    pub fn parse(s: &str) -> Confirm {
+        match s {
+            "" => Confirm::Passed,
+            "WaitConfirm" => Confirm::Waiting,
+            "task stop" => Confirm::TaskStop,
+            _ => {
+                if let Some(u) = s.strip_prefix(CONFIRMED_BY) {
+                    Confirm::ConfirmedBy(u.to_string())
+                } else if let Some(u) = s.strip_prefix(RETRIED_BY) {
+                    Confirm::RetriedBy(u.to_string())
+                } else {
+                    Confirm::Other(s.to_string())
+                }
+            }
+        }
+    }
+
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match self {
+            Confirm::Passed => Cow::Borrowed(""),
+            Confirm::Waiting => Cow::Borrowed("WaitConfirm"),
+            Confirm::TaskStop => Cow::Borrowed("task stop"),
+            Confirm::ConfirmedBy(u) => Cow::Owned(format!("{CONFIRMED_BY}{u}")),
+            Confirm::RetriedBy(u) => Cow::Owned(format!("{RETRIED_BY}{u}")),
+            Confirm::Other(s) => Cow::Borrowed(s),
+        }
+    }
+}
+
+impl std::fmt::Display for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+impl Serialize for Confirm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text())
+    }
+}
+
+impl<'de> Deserialize<'de> for Confirm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Confirm::parse(&String::deserialize(d)?))
+    }
+}
+
 /// A task status after which nothing runs any more.
 pub fn is_final(status: &str) -> bool {
     matches!(status, "success" | "fail" | "refuse")
@@ -376,10 +570,8 @@ pub struct Approval {
     pub everyone: bool,
     pub created_ms: i64,
     pub deadline_ms: i64,
-    /// approver → "agree" | "refuse"
-    pub opinions: BTreeMap<String, String>,
-    /// "pending", "agree", "refuse", "timeout" or "cancel".
-    pub status: String,
+    pub opinions: BTreeMap<String, Opinion>,
+    pub status: ApprovalStatus,
 }
 
 impl Approval {

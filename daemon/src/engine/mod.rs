@@ -6,13 +6,14 @@
 //! state and acts on it; so a restarted daemon resumes from the same rows.
 
 pub mod plan;
+pub mod state;
 mod view;
 mod runner;
 
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
 use crate::logs::{Keys, LogWriter};
-use crate::model::{Approval, Group, Node, Subtask, Task};
+use crate::model::{Approval, ApprovalStatus, Group, Node, Opinion, Subtask, Task};
 use crate::store::Store;
 use event_listener::Event;
 use jobx_plugin_api::host::{PluginSet, RunHandle};
@@ -439,15 +440,19 @@ impl Engine {
                     a.approvers.join(", ")
                 )));
             }
-            if a.status != "pending" {
+            if a.status != ApprovalStatus::Pending {
                 return Err(Error::Conflict(format!(
                     "approval {uuid} is already decided: {}",
                     a.status
                 )));
             }
-            let opinion = if agree { "agree" } else { "refuse" };
-            a.opinions.insert(who.name.clone(), opinion.into());
-            a.status = approval_status(&a);
+            let opinion = if agree {
+                Opinion::Agree
+            } else {
+                Opinion::Refuse
+            };
+            a.opinions.insert(who.name.clone(), opinion);
+            a.status = state::approval_status(&a);
             tx.put_approval(&a)?;
             tx.oplog(
                 project,
@@ -571,7 +576,7 @@ impl Engine {
                 // The interrupted batch's approval is no longer awaited.
                 for mut a in tx.pending_approvals(t.projectid)? {
                     if a.taskuuid == *uuid {
-                        a.status = "cancel".into();
+                        a.status = ApprovalStatus::Cancel;
                         tx.put_approval(&a)?;
                     }
                 }
@@ -614,25 +619,6 @@ fn new_subtask(task: &str, idx: u32, nodes: Vec<String>) -> Subtask {
         failed_nodes: Vec::new(),
         retry: false,
     }
-}
-
-/// An approval is decided by the first refusal, by an admin's word, or by
-/// agreement (of one approver, or of all with `everyone`).
-fn approval_status(a: &Approval) -> String {
-    if a.opinions.values().any(|o| o == "refuse") {
-        return "refuse".into();
-    }
-    // An admin who is not a listed approver decides for all.
-    if a.opinions.keys().any(|n| !a.approvers.contains(n)) {
-        return "agree".into();
-    }
-    let agreed = |n: &String| a.opinions.get(n).is_some_and(|o| o == "agree");
-    let done = if a.everyone {
-        a.approvers.iter().all(agreed)
-    } else {
-        a.approvers.iter().any(agreed) || !a.opinions.is_empty()
-    };
-    if done { "agree" } else { "pending" }.into()
 }
 
 /// The rollback preconditions of docs/semantics.md §5, each with its own message.

@@ -1,7 +1,7 @@
 //! Pure decisions of the runner: step filters, the environment a step
 //! sees, the final status of a task.
 
-use crate::model::{Approval, Step, Subtask, Task, WaitKind, Waiting};
+use crate::model::{Approval, ApprovalStatus, Step, Subtask, Task, WaitKind, Waiting};
 use std::collections::BTreeMap;
 
 /// Does `step` run in batch `idx` (0-based) of `total` for this action?
@@ -151,7 +151,7 @@ pub fn waiting(
     }
     approvals
         .iter()
-        .find(|a| a.taskuuid == task.uuid && a.status == "pending")
+        .find(|a| a.taskuuid == task.uuid && a.status == ApprovalStatus::Pending)
         .map(|a| Waiting {
             kind: WaitKind::Approval,
             on: Some(a.uuid.clone()),

@@ -6,7 +6,7 @@
 use super::{lock, plan, Engine};
 use crate::error::Result;
 use crate::logs::Keys;
-use crate::model::{Approval, Step, Subtask, Task};
+use crate::model::{Approval, ApprovalStatus, Opinion, Step, Subtask, Task};
 use crate::notify::Kind;
 use crate::policy::{NodeOutcome, Verdict};
 use event_listener::Event;
@@ -801,7 +801,7 @@ async fn run_approval(
         created_ms: now,
         deadline_ms: now.saturating_add((step.timeout as i64).saturating_mul(1000)),
         opinions: Default::default(),
-        status: "pending".into(),
+        status: ApprovalStatus::Pending,
     };
     let (a2, t2, s2) = (a.clone(), task.clone(), sub.clone());
     blocking(e, move |e| {
@@ -849,14 +849,14 @@ async fn run_approval(
                 reason: "approval vanished".into(),
             });
         };
-        let settle = |status: &'static str, e: &Arc<Engine>| {
+        let settle = |status: ApprovalStatus, e: &Arc<Engine>| {
             let mut c = cur.clone();
-            c.status = status.into();
+            c.status = status;
             let e = e.clone();
             async move { blocking(&e, move |e| e.store.tx(|tx| tx.put_approval(&c))).await }
         };
-        match cur.status.as_str() {
-            "agree" => {
+        match cur.status {
+            ApprovalStatus::Agree => {
                 e.logs.append(
                     keys,
                     "",
@@ -869,7 +869,7 @@ async fn run_approval(
                     reason: String::new(),
                 });
             }
-            "refuse" => {
+            ApprovalStatus::Refuse => {
                 e.logs.append(keys, "", "info", "refused");
                 return Ok(StepOutcome {
                     failed: Vec::new(),
@@ -877,8 +877,8 @@ async fn run_approval(
                     reason: format!("approval {:?} refused", step.name),
                 });
             }
-            "pending" => {}
-            other => {
+            ApprovalStatus::Pending => {}
+            other @ (ApprovalStatus::Timeout | ApprovalStatus::Cancel) => {
                 return Ok(StepOutcome {
                     failed: sub.nodes.clone(),
                     refused: false,
@@ -887,7 +887,7 @@ async fn run_approval(
             }
         }
         if let Some(who) = stop {
-            settle("cancel", e).await?;
+            settle(ApprovalStatus::Cancel, e).await?;
             return Ok(StepOutcome {
                 failed: sub.nodes.clone(),
                 refused: false,
@@ -896,7 +896,7 @@ async fn run_approval(
         }
         let left = cur.deadline_ms - crate::clock::now_ms();
         if left <= 0 {
-            settle("timeout", e).await?;
+            settle(ApprovalStatus::Timeout, e).await?;
             e.logs.append(
                 keys,
                 "",
@@ -923,7 +923,7 @@ async fn run_approval(
 fn agreed_by(a: &Approval) -> String {
     a.opinions
         .iter()
-        .filter(|(_, o)| o.as_str() == "agree")
+        .filter(|(_, o)| **o == Opinion::Agree)
         .map(|(n, _)| n.as_str())
         .collect::<Vec<_>>()
         .join(", ")

@@ -142,7 +142,7 @@ impl Tx<'_> {
             .open_table(APPROVALS)?
             .insert(a.uuid.as_str(), to_json(a)?.as_slice())?;
         let mut pending = self.0.open_table(APPROVAL_PENDING)?;
-        if a.status == "pending" {
+        if a.status == crate::model::ApprovalStatus::Pending {
             pending.insert((a.projectid, a.uuid.as_str()), ())?;
         } else {
             pending.remove((a.projectid, a.uuid.as_str()))?;
