@@ -145,6 +145,8 @@ pub struct Server {
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
     pub data_dir: PathBuf,
+    /// Megabytes of redb's page cache (redb alone would take 1 GiB).
+    pub cache_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +273,7 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("./data"),
+            cache_mb: crate::store::DEFAULT_CACHE_MB,
         }
     }
 }
@@ -325,6 +328,13 @@ impl Config {
         }
         if self.engine.max_parallel == 0 {
             return Err("engine.max_parallel: must be at least 1".into());
+        }
+        if !(1..=crate::store::MAX_CACHE_MB).contains(&self.storage.cache_mb) {
+            return Err(format!(
+                "storage.cache_mb: must be 1 to {} (megabytes), not {}",
+                crate::store::MAX_CACHE_MB,
+                self.storage.cache_mb
+            ));
         }
         if !self.logs.retention_days.is_finite() || self.logs.retention_days < 0.0 {
             return Err("logs.retention_days: must be a number of days, 0 or more".into());
@@ -465,6 +475,19 @@ mod tests {
         let c = Config::parse("").expect("empty config");
         assert_eq!(c.engine.max_parallel, 64);
         assert_eq!(c.logs.max_bytes_per_step, 16 << 20);
+    }
+
+    #[test]
+    fn storage_cache_mb_defaults_and_is_bounded() {
+        assert_eq!(Config::parse("").unwrap().storage.cache_mb, 64);
+        let c = Config::parse("[storage]\ncache_mb = 256").unwrap();
+        assert_eq!(c.storage.cache_mb, 256);
+        for bad in ["0", "65537"] {
+            let e = Config::parse(&format!("[storage]\ncache_mb = {bad}")).unwrap_err();
+            assert!(e.contains("storage.cache_mb") && e.contains(bad), "{e}");
+        }
+        let e = Config::parse("[storage]\ncache_mb = -1").unwrap_err();
+        assert!(e.contains("cache_mb"), "{e}");
     }
 
     #[test]

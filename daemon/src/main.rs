@@ -132,7 +132,8 @@ fn tokens(cfg: &config::Config) -> Result<auth::Tokens, String> {
 fn run(cfg: config::Config, config_path: Option<PathBuf>) -> Result<(), String> {
     // Everything that can refuse the start comes before anything is written.
     let plugins = load_plugins(&cfg)?;
-    let store = store::Store::open(&cfg.storage.data_dir).map_err(|e| e.to_string())?;
+    let store = store::Store::open_with_cache(&cfg.storage.data_dir, cfg.storage.cache_mb)
+        .map_err(|e| e.to_string())?;
     let tokens = tokens(&cfg)?;
     for (ty, file) in plugins.files() {
         log::info!("plugin {ty} loaded from {}", file.display());

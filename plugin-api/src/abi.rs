@@ -30,6 +30,11 @@
 //! * `cancel` may be called at any time, also for a run that already
 //!   finished or that the plugin never heard of; it must not block for long.
 //! * The host never unloads a library and never destroys an instance.
+//! * Optional hooks added within ABI v1 live in a separate table,
+//!   [`Extensions`], exported through a second symbol,
+//!   `jobx_plugin_v1_extensions` ([`EXTENSIONS_SYMBOL`]). A library without
+//!   that symbol works as before. The table starts with its own size, and
+//!   the host reads only the fields that size covers.
 
 use std::ffi::c_void;
 
@@ -165,3 +170,76 @@ unsafe impl Send for PluginTable {}
 
 /// Signature of the exported `jobx_plugin_v1` symbol.
 pub type EntryFn = unsafe extern "C" fn() -> *const PluginTable;
+
+/// Name of the optional extension symbol (NUL-terminated for `dlsym`).
+///
+/// Hooks added after the first release of ABI v1 live in a second table,
+/// [`Extensions`], that a library may export through this symbol, an
+/// `extern "C" fn() -> *const Extensions`. A library without it (built
+/// against an earlier SDK, or written by hand) loads and runs exactly as
+/// before; the host simply has no hooks to call. The v1 [`PluginTable`]
+/// itself never grows: it has no size field, so a host could not tell
+/// whether a library's table has a later field, and reading past the end of
+/// an older library's table would be undefined behaviour.
+pub const EXTENSIONS_SYMBOL: &[u8] = b"jobx_plugin_v1_extensions\0";
+
+/// `prepare(instance, request_json, len, &mut err) -> OK | ERR`: get ready to
+/// run steps on some nodes soon (for example open connections). The JSON
+/// is a [`PrepareRequest`](crate::PrepareRequest). Must return quickly: do
+/// the work on the plugin's own threads. Purely advisory: the host ignores
+/// the result apart from logging an error, and later runs must work whether
+/// or not it was called, finished or failed.
+pub type PrepareFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    request: *const u8,
+    request_len: usize,
+    err: *mut RawBuf,
+) -> i32;
+
+/// The optional hooks of ABI v1, exported through [`EXTENSIONS_SYMBOL`].
+///
+/// `size` is the size of the struct the library was built with. Fields are
+/// only ever appended, so the host reads a field only when `size` covers
+/// it, and a library built with fewer fields than the host knows is fine.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Extensions {
+    /// `size_of::<Extensions>()` as the library was built; always first.
+    pub size: usize,
+    /// "Prepare these nodes": called for the next batch while the current
+    /// one runs; null if the plugin has nothing to prepare.
+    pub prepare: Option<PrepareFn>,
+}
+
+impl Extensions {
+    /// The `prepare` hook of a library's extension table, if the table is
+    /// long enough to have the field and the field is set.
+    ///
+    /// # Safety
+    /// `ext` must be null or point at an extension table that starts with
+    /// its `size` and is valid for `size` bytes.
+    pub unsafe fn prepare_hook(ext: *const Extensions) -> Option<PrepareFn> {
+        if ext.is_null() {
+            return None;
+        }
+        // Only the fields the library's table covers are read, through raw
+        // pointers: an older table may be shorter than this struct.
+        // SAFETY: every version of the table starts with `size`.
+        let size = unsafe { std::ptr::addr_of!((*ext).size).read() };
+        let end =
+            std::mem::offset_of!(Extensions, prepare) + std::mem::size_of::<Option<PrepareFn>>();
+        if size < end {
+            return None;
+        }
+        // SAFETY: `size` covers the field.
+        unsafe { std::ptr::addr_of!((*ext).prepare).read() }
+    }
+}
+
+// SAFETY: as for `PluginTable`.
+unsafe impl Sync for Extensions {}
+// SAFETY: as above.
+unsafe impl Send for Extensions {}
+
+/// Signature of the optional `jobx_plugin_v1_extensions` symbol.
+pub type ExtensionsFn = unsafe extern "C" fn() -> *const Extensions;

@@ -40,8 +40,11 @@ mod tests {
     fn errors_name_the_key() {
         let e = parse::<C>("x", serde_json::json!({"timeout": "10s"})).unwrap_err();
         assert!(e.starts_with("[plugins.x] timeout: invalid type"), "{e}");
-        let e = parse::<C>("x", serde_json::json!({"agents": [{"name": "a", "tokn": 1}]}))
-            .unwrap_err();
+        let e = parse::<C>(
+            "x",
+            serde_json::json!({"agents": [{"name": "a", "tokn": 1}]}),
+        )
+        .unwrap_err();
         assert!(e.starts_with("[plugins.x] agents[0]"), "{e}");
         assert!(e.contains("tokn"), "{e}");
         let e = parse::<C>("x", serde_json::json!({"timout": 1})).unwrap_err();

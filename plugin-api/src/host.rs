@@ -15,15 +15,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use libloading::Library;
 
-use crate::abi::{self, EntryFn, HostCallbacks, PluginTable, RawBuf};
+use crate::abi::{
+    self, EntryFn, Extensions, ExtensionsFn, HostCallbacks, PluginTable, PrepareFn, RawBuf,
+};
 pub use crate::RunSink;
-use crate::{HttpRequest, HttpResponse, StepRequest, StepResult, Stream};
+use crate::{HttpRequest, HttpResponse, PrepareRequest, StepRequest, StepResult, Stream};
 
 /// A loaded plugin: its table and its one instance.
 struct Loaded {
     plugin_type: String,
     file: PathBuf,
     table: &'static PluginTable,
+    /// The optional "prepare these nodes" hook (from the extension table).
+    prepare: Option<PrepareFn>,
     /// The instance pointer from `init`; never freed.
     instance: usize,
 }
@@ -114,6 +118,23 @@ fn entry_table(lib: &'static Library, file: &Path) -> Result<&'static PluginTabl
     }
 }
 
+/// The optional hooks a library exports beside its table.
+#[derive(Default)]
+struct Hooks {
+    prepare: Option<PrepareFn>,
+}
+
+/// The library's extension table, or null when it exports none (a plugin
+/// built before the table existed, or one that has no optional hooks).
+fn extension_table(lib: &'static Library) -> *const Extensions {
+    // SAFETY: by the ABI contract this optional symbol has type `ExtensionsFn`.
+    match unsafe { lib.get::<ExtensionsFn>(abi::EXTENSIONS_SYMBOL) } {
+        // SAFETY: it returns a pointer to a static table or null.
+        Ok(ext) => unsafe { ext() },
+        Err(_) => std::ptr::null(),
+    }
+}
+
 fn mismatch(file: &Path, found: u32) -> String {
     format!(
         "{}: plugin built for ABI version {found}, but this jobxd supports ABI version {}; \
@@ -180,14 +201,32 @@ impl PluginSet {
         // Never unloaded: plugin threads may outlive any handle to it.
         let lib: &'static Library = Box::leak(Box::new(lib));
         let table = entry_table(lib, file)?;
-        self.add_table(table, file.to_path_buf(), configs)
+        let hooks = Hooks {
+            // SAFETY: the library is never unloaded and its extension table,
+            // if any, is static and starts with its size.
+            prepare: unsafe { Extensions::prepare_hook(extension_table(lib)) },
+        };
+        self.add_with_hooks(table, hooks, file.to_path_buf(), configs)
     }
 
     /// Initializes a plugin from its table and adds it (unless its type is
-    /// already present).
+    /// already present); it has no optional hooks.
+    #[cfg(test)]
     fn add_table(
         &mut self,
         table: &'static PluginTable,
+        file: PathBuf,
+        configs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        self.add_with_hooks(table, Hooks::default(), file, configs)
+    }
+
+    /// Initializes a plugin from its table and adds it, with the optional
+    /// hooks found beside it (unless its type is already present).
+    fn add_with_hooks(
+        &mut self,
+        table: &'static PluginTable,
+        hooks: Hooks,
         file: PathBuf,
         configs: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), String> {
@@ -230,6 +269,7 @@ impl PluginSet {
             plugin_type: plugin_type.clone(),
             file,
             table,
+            prepare: hooks.prepare,
             instance: 0,
         };
         if rc != abi::OK || instance.is_null() {
@@ -326,6 +366,43 @@ impl PluginSet {
             run_id,
             entry,
         })
+    }
+
+    /// Whether the plugin `plugin_type` is loaded and has the optional
+    /// "prepare these nodes" hook.
+    pub fn can_prepare(&self, plugin_type: &str) -> bool {
+        self.plugins
+            .get(plugin_type)
+            .is_some_and(|p| p.prepare.is_some())
+    }
+
+    /// Asks the plugin `req.plugin` to get ready for the nodes of `req`
+    /// ([`Executor::prepare`](crate::Executor::prepare)). Returns at once
+    /// (the plugin works on its own threads). `Ok` when the plugin accepted
+    /// the request or has no such hook (then nothing happens: plugins
+    /// without it work as they always did); `Err` with the plugin's message
+    /// when it refused, or when no such plugin is loaded. Advisory: callers
+    /// only log the error.
+    pub fn prepare(&self, req: &PrepareRequest) -> Result<(), String> {
+        let plugin = self
+            .plugins
+            .get(&req.plugin)
+            .ok_or_else(|| format!("no plugin of type {:?} is loaded", req.plugin))?;
+        let Some(prepare) = plugin.prepare else {
+            return Ok(());
+        };
+        let json =
+            serde_json::to_vec(req).map_err(|e| format!("cannot encode prepare request: {e}"))?;
+        let mut err = RawBuf::empty();
+        // SAFETY: the buffers are valid for the call and `err` is writable;
+        // the instance lives for the life of the process.
+        let rc = unsafe { prepare(plugin.instance(), json.as_ptr(), json.len(), &mut err) };
+        if rc == abi::OK {
+            return Ok(());
+        }
+        Err(plugin
+            .take_error(err)
+            .unwrap_or_else(|| format!("plugin {} refused to prepare", req.plugin)))
     }
 
     /// Hands an HTTP request to the plugin `plugin_type`; `reply` is called

@@ -28,7 +28,9 @@ pub mod host;
 
 pub use abi::ABI_VERSION;
 pub use plugin::{Executor, Reporter, Responder, RunId};
-pub use types::{HttpRequest, HttpResponse, Node, StepKind, StepRequest, StepResult, Stream};
+pub use types::{
+    HttpRequest, HttpResponse, Node, PrepareRequest, StepKind, StepRequest, StepResult, Stream,
+};
 
 /// Receives what one run reports: its output lines and exactly one `done`.
 ///

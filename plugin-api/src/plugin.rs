@@ -8,8 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::abi::{self, HostCallbacks, PluginTable, RawBuf, RespondFn};
-use crate::{HttpRequest, HttpResponse, RunSink, StepRequest, StepResult, Stream};
+use crate::abi::{self, Extensions, HostCallbacks, PluginTable, RawBuf, RespondFn};
+use crate::{HttpRequest, HttpResponse, PrepareRequest, RunSink, StepRequest, StepResult, Stream};
 
 /// Identifies one run inside one plugin instance; unique for the life of the
 /// instance. The glue assigns it before calling [`Executor::start`].
@@ -59,6 +59,24 @@ pub trait Executor: Send + Sync + 'static {
     fn http(&self, req: HttpRequest, respond: Responder) {
         let _ = req;
         respond.send(HttpResponse::not_found());
+    }
+
+    /// "Prepare these nodes": the host calls it for the nodes of a task's
+    /// next batch when the current batch starts, once per plugin type the
+    /// job's steps use, so that slow set-up (opening and authenticating
+    /// connections, say) overlaps the current batch instead of delaying the
+    /// next one.
+    ///
+    /// Return at once and do the work on your own threads, bounded as your
+    /// `start` work is. It is advisory: the host never waits for it, only
+    /// logs an `Err` (at debug level), may not call it at all, and may call
+    /// it for a batch that never runs, so `start` must work the same
+    /// whether or not `prepare` ran, finished or failed. Whatever it opens
+    /// should be what the later runs use, and should be released by the
+    /// plugin's usual idle rules. The default does nothing.
+    fn prepare(&self, req: PrepareRequest) -> Result<(), String> {
+        let _ = req;
+        Ok(())
     }
 }
 
@@ -439,6 +457,37 @@ unsafe extern "C" fn http<E: Executor>(
     }
 }
 
+unsafe extern "C" fn prepare<E: Executor>(
+    instance: *mut c_void,
+    request: *const u8,
+    request_len: usize,
+    err: *mut RawBuf,
+) -> i32 {
+    // SAFETY: the ABI contract makes every pointer valid for the call;
+    // `instance` came from `init::<E>`.
+    unsafe {
+        guarded(err, || {
+            if instance.is_null() {
+                return Err("null instance".to_string());
+            }
+            let inst = &*instance.cast::<Instance<E>>();
+            let req: PrepareRequest = serde_json::from_slice(input(request, request_len))
+                .map_err(|e| format!("invalid prepare request: {e}"))?;
+            inst.exec.prepare(req)
+        })
+    }
+}
+
+/// Builds the extension table for an executor. Used by
+/// [`export_plugin!`](crate::export_plugin); not called directly.
+#[doc(hidden)]
+pub const fn extensions<E: Executor>() -> Extensions {
+    Extensions {
+        size: std::mem::size_of::<Extensions>(),
+        prepare: Some(prepare::<E>),
+    }
+}
+
 /// Builds the C table for an executor. Used by
 /// [`export_plugin!`](crate::export_plugin); not called directly.
 #[doc(hidden)]
@@ -456,7 +505,9 @@ pub const fn table<E: Executor>() -> PluginTable {
 }
 
 /// Exports an [`Executor`] as a jobx plugin: generates the `jobx_plugin_v1`
-/// symbol and all the C glue. Use it once, in a `cdylib` crate.
+/// symbol, the optional `jobx_plugin_v1_extensions` symbol (which carries
+/// [`Executor::prepare`]) and all the C glue. Use it once, in a `cdylib`
+/// crate.
 ///
 /// ```ignore
 /// jobx_plugin_api::export_plugin!(MyExecutor);
@@ -469,6 +520,13 @@ macro_rules! export_plugin {
         pub extern "C" fn jobx_plugin_v1() -> *const $crate::abi::PluginTable {
             static TABLE: $crate::abi::PluginTable = $crate::plugin::table::<$executor>();
             &TABLE
+        }
+
+        /// The optional hooks of ABI version 1 ("prepare these nodes").
+        #[unsafe(no_mangle)]
+        pub extern "C" fn jobx_plugin_v1_extensions() -> *const $crate::abi::Extensions {
+            static EXTENSIONS: $crate::abi::Extensions = $crate::plugin::extensions::<$executor>();
+            &EXTENSIONS
         }
     };
 }

@@ -127,6 +127,32 @@ pub struct StepRequest {
     pub data_dir: String,
 }
 
+/// "Prepare these nodes": what the host hands [`Executor::prepare`](crate::Executor::prepare)
+/// for the next batch of a task while the current batch runs.
+///
+/// Advisory only: the host does not wait for it, may never send it (the
+/// first batch, a retried batch, a plugin loaded without the hook), and may
+/// send it for a batch that then never runs (the task fails or is stopped).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct PrepareRequest {
+    /// Task uuid.
+    pub task: String,
+    /// The plugin type whose steps will run on the nodes.
+    pub plugin: String,
+    /// 1-based number of the batch the nodes belong to.
+    pub batch: u32,
+    /// Number of batches of the task.
+    pub batches: u32,
+    /// The nodes of that batch, filled in as in [`StepRequest::node`].
+    pub nodes: Vec<Node>,
+    /// The step-level login user of the first step of this plugin that will
+    /// run on them, if it sets one (as [`StepRequest::user`]).
+    pub user: Option<String>,
+    /// The daemon's data directory (as [`StepRequest::data_dir`]).
+    pub data_dir: String,
+}
+
 /// Which stream a line of output belongs to.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]

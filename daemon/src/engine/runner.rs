@@ -103,8 +103,48 @@ async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
                         .await;
                     continue;
                 }
+                prepare_next(e, &task, &subs, &sub);
                 run_batch(e, &task, *sub).await?
             }
+        }
+    }
+}
+
+/// "Prepare these nodes": as batch `sub` starts, hands the nodes of the
+/// next batch to each plugin its steps will use (once per plugin type), so
+/// that slow set-up such as opening ssh connections overlaps this batch.
+/// Never waits for the plugins; an error is only worth a debug line.
+fn prepare_next(e: &Engine, task: &Task, subs: &[Subtask], sub: &Subtask) {
+    let Some(next) = subs
+        .iter()
+        .find(|s| s.idx == sub.idx + 1 && s.status == "init")
+    else {
+        return;
+    };
+    let mut asked = std::collections::BTreeSet::new();
+    for step in &task.steps {
+        if !plan::step_applies(step, &task.action, next.idx, task.batches)
+            || !e.plugins.can_prepare(&step.plugin)
+            || !asked.insert(step.plugin.as_str())
+        {
+            continue;
+        }
+        let req = jobx_plugin_api::PrepareRequest {
+            task: task.uuid.clone(),
+            plugin: step.plugin.clone(),
+            batch: next.idx + 1,
+            batches: task.batches,
+            nodes: next.nodes.iter().map(|n| plugin_node(task, n)).collect(),
+            user: step.user.clone(),
+            data_dir: e.data_dir.clone(),
+        };
+        if let Err(msg) = e.plugins.prepare(&req) {
+            log::debug!(
+                "task {}: plugin {} could not prepare batch {}: {msg}",
+                task.uuid,
+                step.plugin,
+                next.idx + 1
+            );
         }
     }
 }
@@ -587,11 +627,10 @@ fn request_template(
     })
 }
 
-/// The step's request for one node of the batch.
-fn request_for(p: &Prepared, task: &Task, step: &Step, node: &str) -> StepRequest {
+/// What a plugin is told about `node`, from the task's node snapshot.
+fn plugin_node(task: &Task, node: &str) -> jobx_plugin_api::Node {
     let n = task.nodes.get(node);
-    let mut req = p.template.clone();
-    req.node = jobx_plugin_api::Node {
+    jobx_plugin_api::Node {
         name: node.to_string(),
         host: n
             .map(|n| n.address().to_string())
@@ -599,7 +638,13 @@ fn request_for(p: &Prepared, task: &Task, step: &Step, node: &str) -> StepReques
         port: n.and_then(|n| n.port),
         user: n.and_then(|n| n.user.clone()),
         labels: n.map(|n| n.labels.clone()).unwrap_or_default(),
-    };
+    }
+}
+
+/// The step's request for one node of the batch.
+fn request_for(p: &Prepared, task: &Task, step: &Step, node: &str) -> StepRequest {
+    let mut req = p.template.clone();
+    req.node = plugin_node(task, node);
     req.env.insert("JOBX_NODE".into(), node.to_string());
     if let Some(vars) = &p.node_vars {
         let mut vars = vars.clone();

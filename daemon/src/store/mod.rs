@@ -97,9 +97,22 @@ pub(crate) fn oplog(
     Ok(())
 }
 
+/// `[storage] cache_mb` when the configuration does not set it: enough for
+/// the hot pages of an ops host's store without redb's 1 GiB default.
+pub const DEFAULT_CACHE_MB: u64 = 64;
+/// The largest `[storage] cache_mb` accepted (64 GiB).
+pub const MAX_CACHE_MB: u64 = 65_536;
+
 impl Store {
-    /// Opens (or creates) `<data_dir>/jobx.redb` and makes sure every table exists.
+    /// Opens (or creates) `<data_dir>/jobx.redb` with the default cache.
+    #[cfg(test)]
     pub fn open(data_dir: &Path) -> Result<Store> {
+        Store::open_with_cache(data_dir, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens (or creates) `<data_dir>/jobx.redb` with a page cache of
+    /// `cache_mb` megabytes and makes sure every table exists.
+    pub fn open_with_cache(data_dir: &Path, cache_mb: u64) -> Result<Store> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Internal(format!(
                 "cannot create data dir {}: {e}",
@@ -107,14 +120,18 @@ impl Store {
             ))
         })?;
         let path = data_dir.join("jobx.redb");
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Internal(format!(
-                "cannot open {}: the store is in use by another process \
-                 (is another jobxd running with the same data_dir?)",
-                path.display()
-            )),
-            other => Error::from(other),
-        })?;
+        let cache = usize::try_from(cache_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        let db = Database::builder()
+            .set_cache_size(cache)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::Internal(format!(
+                    "cannot open {}: the store is in use by another process \
+                     (is another jobxd running with the same data_dir?)",
+                    path.display()
+                )),
+                other => Error::from(other),
+            })?;
         let store = Store { db, path };
         store.write(|tx| {
             tx.open_table(META)?;

@@ -398,3 +398,120 @@ fn wrong_table_version_is_refused() {
         "{err}"
     );
 }
+
+/// Records what `prepare` was asked; refuses a request for task "refuse".
+struct Preparing;
+
+static PREPARED: Mutex<Vec<crate::PrepareRequest>> = Mutex::new(Vec::new());
+
+impl Executor for Preparing {
+    const TYPE: &'static str = "preparing";
+
+    fn new(_config: Value) -> Result<Self, String> {
+        Ok(Preparing)
+    }
+
+    fn start(&self, _run: RunId, _step: StepRequest, out: Reporter) -> Result<(), String> {
+        out.done(StepResult::ok());
+        Ok(())
+    }
+
+    fn cancel(&self, _run: RunId) {}
+
+    fn prepare(&self, req: crate::PrepareRequest) -> Result<(), String> {
+        if req.task == "refuse" {
+            return Err("cannot prepare that".into());
+        }
+        lock(&PREPARED).push(req);
+        Ok(())
+    }
+}
+
+static PREPARING: PluginTable = table::<Preparing>();
+static PREPARING_EXT: abi::Extensions = crate::plugin::extensions::<Preparing>();
+
+fn prepare_request(plugin: &str, task: &str) -> crate::PrepareRequest {
+    crate::PrepareRequest {
+        task: task.into(),
+        plugin: plugin.into(),
+        batch: 2,
+        batches: 3,
+        nodes: vec![crate::Node {
+            name: "web-2".into(),
+            host: "10.0.0.2".into(),
+            port: Some(2222),
+            ..crate::Node::default()
+        }],
+        user: Some("deploy".into()),
+        data_dir: "/var/lib/jobx".into(),
+    }
+}
+
+#[test]
+fn prepare_reaches_the_executor_through_the_extension_table() {
+    let mut set = PluginSet::empty();
+    let hooks = Hooks {
+        // SAFETY: a static table built by the SDK.
+        prepare: unsafe { abi::Extensions::prepare_hook(&PREPARING_EXT) },
+    };
+    set.add_with_hooks(
+        &PREPARING,
+        hooks,
+        PathBuf::from("p.so"),
+        &serde_json::Map::new(),
+    )
+    .unwrap();
+    assert!(set.can_prepare("preparing"));
+    let req = prepare_request("preparing", "t1");
+    set.prepare(&req).unwrap();
+    assert_eq!(*lock(&PREPARED), vec![req]);
+    let err = set
+        .prepare(&prepare_request("preparing", "refuse"))
+        .unwrap_err();
+    assert_eq!(err, "cannot prepare that");
+    assert_eq!(
+        LIVE_BUFFERS.with(|c| c.get()),
+        0,
+        "the error buffer was freed"
+    );
+    assert!(set.prepare(&prepare_request("nothing", "t1")).is_err());
+}
+
+#[test]
+fn a_plugin_without_the_hook_prepares_nothing_and_still_runs() {
+    // The raw table is what a plugin built before the hook exports: no
+    // extension table at all.
+    let mut set = PluginSet::empty();
+    set.add_table(&RAW, PathBuf::from("raw.so"), &serde_json::Map::new())
+        .unwrap();
+    assert!(!set.can_prepare("raw"));
+    set.prepare(&prepare_request("raw", "t1")).unwrap();
+    let sink = Arc::new(Collect::default());
+    set.start("raw", &StepRequest::default(), sink.clone())
+        .unwrap();
+    sink.wait_done();
+    assert_eq!(sink.lines(), vec![(Stream::Stdout, b"before".to_vec())]);
+}
+
+#[test]
+fn an_extension_table_too_short_for_prepare_has_no_hook() {
+    // A table from a build whose extension table ended before `prepare`.
+    static SHORT: abi::Extensions = abi::Extensions {
+        size: std::mem::size_of::<usize>(),
+        prepare: Some(never_called),
+    };
+    unsafe extern "C" fn never_called(
+        _: *mut c_void,
+        _: *const u8,
+        _: usize,
+        _: *mut RawBuf,
+    ) -> i32 {
+        abi::ERR
+    }
+    // SAFETY: a static table.
+    assert!(unsafe { abi::Extensions::prepare_hook(&SHORT) }.is_none());
+    // SAFETY: null is allowed.
+    assert!(unsafe { abi::Extensions::prepare_hook(std::ptr::null()) }.is_none());
+    // SAFETY: a static table built by the SDK.
+    assert!(unsafe { abi::Extensions::prepare_hook(&PREPARING_EXT) }.is_some());
+}

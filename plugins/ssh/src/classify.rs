@@ -33,7 +33,12 @@ pub fn connect_failure(stderr: &str, target: &str, known_hosts: &str) -> Connect
         // (`[host]:port` for other ports); the step's file is the daemon's.
         let entry = stderr
             .lines()
-            .find_map(|l| l.split("Host key for ").nth(1)?.split(" has changed").next())
+            .find_map(|l| {
+                l.split("Host key for ")
+                    .nth(1)?
+                    .split(" has changed")
+                    .next()
+            })
             .unwrap_or(target);
         return ConnectFailure::Permanent(format!(
             "host key mismatch: {target} presented a host key that differs from the one recorded in {known_hosts}; \

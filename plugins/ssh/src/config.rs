@@ -85,8 +85,7 @@ impl Default for Config {
 impl Config {
     /// Parses and checks the JSON form of `[plugins.ssh]`.
     pub fn from_json(value: serde_json::Value) -> Result<Config, String> {
-        let cfg: Config =
-            jobx_plugin_api::config::parse("ssh", value)?;
+        let cfg: Config = jobx_plugin_api::config::parse("ssh", value)?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -110,8 +109,7 @@ impl Config {
             ("ssh_config", &self.ssh_config),
         ] {
             if let Some(v) = value {
-                check_config_path(v)
-                    .map_err(|e| format!("[plugins.ssh] {key}: {e}"))?;
+                check_config_path(v).map_err(|e| format!("[plugins.ssh] {key}: {e}"))?;
             }
         }
         if let Some(user) = &self.user {

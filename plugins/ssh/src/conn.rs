@@ -92,12 +92,13 @@ impl Conn {
 
     /// Makes sure the master is up: reuses a live one, otherwise opens it,
     /// retrying transient failures with backoff within `connect_timeout`.
-    /// Connection setups over all nodes are bounded by `connects`.
+    /// Connection setups over all nodes are bounded by `connects`. Retries
+    /// are reported to `out` when a run is waiting (not when preparing).
     pub async fn ensure_master(
         &self,
         connects: &Semaphore,
         connect_timeout: u64,
-        out: &Reporter,
+        out: Option<&Reporter>,
     ) -> Result<(), String> {
         let asked = Instant::now();
         let mut st = self.state.lock().await;
@@ -144,7 +145,7 @@ impl Conn {
         &self,
         connects: &Semaphore,
         connect_timeout: u64,
-        out: &Reporter,
+        out: Option<&Reporter>,
     ) -> Result<(), String> {
         let budget = Duration::from_secs(connect_timeout);
         let deadline = Instant::now() + budget;
@@ -174,10 +175,12 @@ impl Conn {
             if refused >= REFUSED_ATTEMPTS || Instant::now() + backoff >= deadline {
                 return Err(format!("unreachable: {message}"));
             }
-            out.info(format!(
-                "connecting to {} failed ({message}); retrying",
-                self.target.display()
-            ));
+            if let Some(out) = out {
+                out.info(format!(
+                    "connecting to {} failed ({message}); retrying",
+                    self.target.display()
+                ));
+            }
             async_io::Timer::after(backoff).await;
         }
     }

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_lock::Semaphore;
 use futures_lite::FutureExt;
 use jobx_plugin_api::{
-    export_plugin, Executor, Reporter, RunId, StepKind, StepRequest, StepResult,
+    export_plugin, Executor, PrepareRequest, Reporter, RunId, StepKind, StepRequest, StepResult,
 };
 
 use crate::config::Config;
@@ -220,6 +220,36 @@ impl Executor for SshExecutor {
         if let Some(tx) = lock(&self.inner.runs).remove(&run.0) {
             tx.close();
         }
+    }
+
+    /// Opens (and authenticates) the master connections of the next batch
+    /// in the background, under the same bounds as any connection setup
+    /// (`max_concurrent_connects`, setups per endpoint). They are the
+    /// connections the batch's steps then use: a step that comes while its
+    /// master is still being opened waits for that attempt instead of
+    /// starting another. A node whose target is invalid is left to its
+    /// step, which reports the error; a failed attempt is not reused by a
+    /// step that comes later, which tries again itself.
+    fn prepare(&self, req: PrepareRequest) -> Result<(), String> {
+        let inner = &self.inner;
+        if req.data_dir.is_empty() {
+            return Err("the prepare request has no data_dir".into());
+        }
+        let data_dir = std::path::absolute(&req.data_dir)
+            .map_err(|e| format!("data_dir {}: {e}", req.data_dir))?;
+        for node in &req.nodes {
+            let Ok(target) = Target::for_node(node, &req.user, &inner.cfg) else {
+                continue;
+            };
+            let conn = inner.conn(&target, &data_dir)?;
+            let inner2 = inner.clone();
+            inner.rt.spawn(async move {
+                let opening =
+                    conn.ensure_master(&inner2.connects, inner2.cfg.connect_timeout, None);
+                let _ = AssertUnwindSafe(opening).catch_unwind().await;
+            });
+        }
+        Ok(())
     }
 }
 

@@ -137,7 +137,7 @@ async fn connect(
     out: &Reporter,
 ) -> Result<(), String> {
     match stop
-        .guard(conn.ensure_master(&inner.connects, inner.cfg.connect_timeout, out))
+        .guard(conn.ensure_master(&inner.connects, inner.cfg.connect_timeout, Some(out)))
         .await
     {
         Ok(r) => r,

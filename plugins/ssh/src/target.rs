@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use jobx_plugin_api::StepRequest;
+use jobx_plugin_api::{Node, StepRequest};
 
 use crate::config::Config;
 
@@ -25,9 +25,19 @@ impl Target {
     /// The target of a step. Login user: the step's, else the node's, else
     /// `[plugins.ssh] user`, else none (ssh's default).
     pub fn for_step(req: &StepRequest, cfg: &Config) -> Result<Target, String> {
-        let host = req.node.address().to_string();
+        Target::for_node(&req.node, &req.user, cfg)
+    }
+
+    /// The target of `node` for a step whose own login user is `step_user`:
+    /// the step's user, else the node's, else the configured one.
+    pub fn for_node(
+        node: &Node,
+        step_user: &Option<String>,
+        cfg: &Config,
+    ) -> Result<Target, String> {
+        let host = node.address().to_string();
         check_host(&host)?;
-        let user = [&req.user, &req.node.user, &cfg.user]
+        let user = [step_user, &node.user, &cfg.user]
             .into_iter()
             .flatten()
             .find(|u| !u.is_empty())
@@ -37,7 +47,7 @@ impl Target {
         }
         Ok(Target {
             host,
-            port: req.node.port,
+            port: node.port,
             user,
         })
     }
