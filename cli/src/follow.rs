@@ -35,36 +35,54 @@ enum Msg {
     Broken(String),
 }
 
-/// Reads the task's event stream on its own thread.
-fn stream_log(client: Client, path: String) -> mpsc::Receiver<Msg> {
+/// How long a follow waits for a server that stopped answering (a restart).
+const LOST_FOR: Duration = Duration::from_secs(60);
+
+/// Reads the task's event stream on its own thread; when the connection
+/// drops (a daemon restart) it reconnects from the last record it got.
+fn stream_log(client: Client, base: String) -> mpsc::Receiver<Msg> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let stream = match client.stream(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(Msg::Broken(e.to_string()));
-                return;
-            }
-        };
-        let mut parser = Parser::default();
-        for line in stream.lines() {
-            let Ok(line) = line else {
-                let _ = tx.send(Msg::Broken("the log stream broke".into()));
-                return;
-            };
-            if let Some(ev) = parser.line(&line) {
-                let msg = match ev.event.as_str() {
-                    "end" => Msg::End,
-                    _ => match serde_json::from_str::<Value>(&ev.data) {
-                        Ok(v) => Msg::Rec(Record::from_json(&v)),
-                        Err(_) => continue,
-                    },
-                };
-                let end = matches!(msg, Msg::End);
-                if tx.send(msg).is_err() || end {
+        let mut last = 0u64;
+        let mut lost: Option<Instant> = None;
+        loop {
+            match client.stream(&format!("{base}&offset={last}")) {
+                Ok(stream) => {
+                    lost = None;
+                    let mut parser = Parser::default();
+                    for line in stream.lines() {
+                        let Ok(line) = line else { break };
+                        let Some(ev) = parser.line(&line) else {
+                            continue;
+                        };
+                        let msg = match ev.event.as_str() {
+                            "end" => Msg::End,
+                            _ => match serde_json::from_str::<Value>(&ev.data) {
+                                Ok(v) => Msg::Rec(Record::from_json(&v)),
+                                Err(_) => continue,
+                            },
+                        };
+                        let end = matches!(msg, Msg::End);
+                        if let Msg::Rec(r) = &msg {
+                            last = last.max(r.seq);
+                        }
+                        if tx.send(msg).is_err() || end {
+                            return;
+                        }
+                    }
+                }
+                Err(e @ CliError::Connect { .. }) => {
+                    if lost.get_or_insert_with(Instant::now).elapsed() > LOST_FOR {
+                        let _ = tx.send(Msg::Broken(e.to_string()));
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Msg::Broken(e.to_string()));
                     return;
                 }
             }
+            std::thread::sleep(Duration::from_secs(1));
         }
     });
     rx
@@ -413,11 +431,35 @@ pub fn follow(ctx: &Ctx, p: u64, uuid: &str, o: Opts) -> Result<Exit> {
     let mut records = None;
     let mut ended = false;
     let mut waved: BTreeSet<String> = BTreeSet::new();
+    let mut lost: Option<Instant> = None;
     loop {
-        let snap = snapshot(ctx, p, uuid)?;
+        let observed =
+            snapshot(ctx, p, uuid).and_then(|snap| waiting(ctx, p, uuid, &snap).map(|w| (snap, w)));
+        let (snap, wait) = match observed {
+            Ok(x) => {
+                if lost.take().is_some() {
+                    progress.println("(the server answers again)");
+                }
+                x
+            }
+            Err(e @ CliError::Connect { .. }) => {
+                match lost {
+                    None => {
+                        progress.println(&format!("({e}; trying again)"));
+                        lost = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() > LOST_FOR => return Err(e),
+                    Some(_) => {}
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if records.is_none() {
             if let (true, Some(slave)) = (want_log, snap.task["slave"].as_str()) {
                 let path = format!("/slave/{}/log/{}?format=sse", seg(slave), seg(uuid));
+                // The stream resumes from its last record after a reconnection.
                 records = Some(stream_log(ctx.client.clone(), path));
             }
         }
@@ -439,7 +481,7 @@ pub fn follow(ctx: &Ctx, p: u64, uuid: &str, o: Opts) -> Result<Exit> {
             progress.finish();
             return finished(ctx, p, uuid, &snap.task, &progress, o.interactive);
         }
-        if let Some(w) = waiting(ctx, p, uuid, &snap)? {
+        if let Some(w) = wait {
             let key = match &w {
                 Waiting::Confirm { sub, .. } => sub.clone(),
                 Waiting::Approval { uuid, .. } => uuid.clone(),

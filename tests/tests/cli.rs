@@ -976,3 +976,77 @@ fn colours_on_a_terminal_unless_no_color() {
     );
     assert!(plain.contains("NAME"), "{pane:?}");
 }
+
+#[test]
+fn follow_rides_out_a_daemon_restart() {
+    let mut d = Daemon::start("");
+    let u = User::new(&d);
+    let marker = u.path("never");
+    flow::nodes(&d, 10, &["r1", "r2"]);
+    flow::group(&d, 10, "two", "list", "r1;r2");
+    flow::job(
+        &d,
+        10,
+        "hang",
+        json!([{"name": "wait", "plugin": "local",
+                "script": "echo started; while [ ! -e \"$marker\" ]; do sleep 0.05; done"}]),
+    );
+    let var = format!("marker={}", marker.display());
+    let mut child = u
+        .cmd(&[
+            "run", "hang", "-p", "10", "-g", "two", "--var", &var, "--follow", "--log",
+        ])
+        .spawn()
+        .expect("start jobx run");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut until = |want: &str| {
+        wait_for(&format!("{want:?} from jobx run --follow"), T, || {
+            while let Ok(l) = rx.try_recv() {
+                seen.push(l);
+            }
+            seen.iter().any(|l| l.contains(want)).then_some(())
+        });
+    };
+    until("[r1] started");
+    // Killed mid-step: the client notices and keeps trying. Started again,
+    // the batch is failed as interrupted and waits for a person; the follow
+    // goes on through the restart to that.
+    d.kill9();
+    until("trying again");
+    d.restart();
+    until("Decide with one of:");
+    let status = wait_for("jobx run to exit", T, || child.try_wait().ok().flatten());
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push(l);
+    }
+    let tasks = d.data("/task/10");
+    let task = tasks
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|t| t["uuid"].as_str())
+        .expect("task uuid")
+        .to_string();
+    let o = Out {
+        code: status.code().unwrap_or(-1),
+        stdout: seen.join("\n"),
+        stderr: String::new(),
+    };
+    assert_eq!(o.code, 3, "{o}");
+    assert!(o.stdout.contains("cannot reach the jobx server at"), "{o}");
+    assert!(o.stdout.contains("trying again"), "{o}");
+    assert!(o.stdout.contains("batch 1/2 failed on r1"), "{o}");
+    assert!(o.stdout.contains("interrupted by daemon restart"), "{o}");
+    assert!(
+        o.stdout.contains(&format!("jobx task stop -p 10 {task}")),
+        "{o}"
+    );
+}
