@@ -299,6 +299,13 @@ wire_enum! {
     }
 }
 
+/// Rows without a decision field expect none.
+impl Default for Decision {
+    fn default() -> Self {
+        Decision::None
+    }
+}
+
 wire_enum! {
     /// What a task does, and which steps run in it.
     Action {
@@ -413,9 +420,8 @@ pub struct Task {
     pub action: String,
     /// Set once by a stop; never cleared (the stop is sticky).
     pub stopped_by: Option<String>,
-    /// Rollback decision of a deploy: "" (none expected), "pending",
-    /// "rollback" or "norollback".
-    pub decision: String,
+    /// Rollback decision of a deploy.
+    pub decision: Decision,
     /// Failure tolerance, canary gates and pacing, parsed at creation.
     #[serde(default)]
     pub policy: crate::policy::Policy,
@@ -440,7 +446,7 @@ impl Task {
             let last = u.pop()?;
             u.push(last.to_ascii_lowercase());
             Some(u)
-        } else if self.decision == "rollback" {
+        } else if self.decision == Decision::Rollback {
             Some(crate::ids::rollback_of(&self.uuid))
         } else {
             None
@@ -493,7 +499,7 @@ pub struct TaskSummary {
     #[serde(default)]
     pub uuid: String,
     #[serde(default)]
-    pub decision: String,
+    pub decision: Decision,
     pub status: String,
     pub created_ms: i64,
     pub start_ms: Option<i64>,

@@ -779,7 +779,7 @@ mod tests {
             batches,
             action: "deploy".into(),
             stopped_by: None,
-            decision: String::new(),
+            decision: crate::model::Decision::None,
             policy: Default::default(),
         }
     }

@@ -4,7 +4,7 @@
 
 use super::openc3_auth::{authorize_on, Connector, CookieSignIn};
 use super::*;
-use crate::model::Task;
+use crate::model::{Decision, Task};
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/group/:projectid/:name/node/byname")
@@ -101,11 +101,11 @@ pub fn placeholder(d: &Task) -> Option<Value> {
         return None;
     }
     let has_vars = d.variable.as_object().is_some_and(|m| !m.is_empty());
-    let (name, user, calltype, text, object) = match d.decision.as_str() {
-        "" if d.start_ms.is_some() && has_vars => {
+    let (name, user, calltype, text, object) = match d.decision {
+        Decision::None if d.start_ms.is_some() && has_vars => {
             ("_skip_".to_string(), "sys", "sys", String::new(), json!({}))
         }
-        "norollback" => {
+        Decision::NoRollback => {
             // The variables of the rollback that did not run: `version` is
             // the old `_rollbackVersion_`. The original writes its calltype as user.
             let mut v = d.variable.as_object().cloned().unwrap_or_default();

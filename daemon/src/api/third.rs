@@ -4,7 +4,7 @@
 use super::tasks::{run, variable_of};
 use super::*;
 use crate::engine::{plan, NewTask};
-use crate::model::{Subtask, Task};
+use crate::model::{Decision, Subtask, Task};
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/third/option/groupname").post(h(groupnames));
@@ -151,7 +151,7 @@ async fn invoke(mut req: Req) -> Result<Reply> {
 fn query_state(deploy: &Task, dsubs: &[Subtask], rollback: Option<(&Task, &[Subtask])>) -> Value {
     let (task, subs, ty) = match rollback {
         Some((t, s)) => (t, s, "rollback"),
-        None if deploy.decision == "pending" => (deploy, dsubs, "deploy"),
+        None if deploy.decision == Decision::Pending => (deploy, dsubs, "deploy"),
         None => (deploy, dsubs, "deployonly"),
     };
     let waiting = subs.iter().any(|s| s.waiting());
@@ -161,7 +161,7 @@ fn query_state(deploy: &Task, dsubs: &[Subtask], rollback: Option<(&Task, &[Subt
             matches!(s.status.as_str(), "success" | "cancel" | "refuse") || plan::batch_settled(s)
         })
         .count();
-    let status = if !task.is_finished() || (ty == "deploy" && deploy.decision == "pending") {
+    let status = if !task.is_finished() || (ty == "deploy" && deploy.decision == Decision::Pending) {
         "running"
     } else if task.status == "success" {
         "complete"

@@ -13,7 +13,7 @@ mod runner;
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
 use crate::logs::{Keys, LogWriter};
-use crate::model::{Approval, ApprovalStatus, Group, Node, Opinion, Subtask, Task};
+use crate::model::{Approval, ApprovalStatus, Decision, Group, Node, Opinion, Subtask, Task};
 use crate::store::Store;
 use event_listener::Event;
 use jobx_plugin_api::host::{PluginSet, RunHandle};
@@ -172,8 +172,8 @@ impl Engine {
         let policy =
             crate::policy::Policy::resolve(&vars, &job.policy, batches.len()).map_err(Error::Bad)?;
         let decision = match vars.get("_rollbackVersion_") {
-            Some(v) if !v.is_empty() => "pending",
-            _ => "",
+            Some(v) if !v.is_empty() => Decision::Pending,
+            _ => Decision::None,
         };
         let now = crate::clock::now_ms();
         let task = Task {
@@ -197,7 +197,7 @@ impl Engine {
             batches: batches.len() as u32,
             action: "deploy".into(),
             stopped_by: None,
-            decision: decision.into(),
+            decision,
             policy,
         };
         let subs = batches
@@ -491,7 +491,11 @@ impl Engine {
         let created = self.store.tx(|tx| {
             let mut d = in_project(tx.task(uuid)?, project, uuid)?;
             check_rollback_allowed(&d, crate::clock::now_ms())?;
-            d.decision = if rollback { "rollback" } else { "norollback" }.into();
+            d.decision = if rollback {
+                Decision::Rollback
+            } else {
+                Decision::NoRollback
+            };
             tx.put_task(&d)?;
             if !rollback {
                 tx.oplog(project, &who.name, "NO ROLLBACK", &format!("task {uuid}"))?;
@@ -638,15 +642,15 @@ pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
             d.uuid
         )));
     }
-    match d.decision.as_str() {
-        "pending" => {}
-        "rollback" | "norollback" => {
+    match d.decision {
+        Decision::Pending => {}
+        Decision::Rollback | Decision::NoRollback => {
             return Err(Error::Conflict(format!(
                 "a decision was already made for deploy {}: {}",
                 d.uuid, d.decision
             )))
         }
-        _ => {
+        Decision::None => {
             return Err(Error::Conflict(format!(
                 "deploy {} has no _rollbackVersion_; no rollback decision is expected",
                 d.uuid
@@ -700,7 +704,7 @@ fn rollback_task(d: &Task, subs: &[Subtask], uuid: &str, who: &Principal) -> (Ta
         batches: started.len() as u32,
         action: "rollback".into(),
         stopped_by: None,
-        decision: String::new(),
+        decision: Decision::None,
         policy: d.policy.clone(),
     };
     let subs = started

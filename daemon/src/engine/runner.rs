@@ -6,7 +6,7 @@
 use super::{lock, plan, Engine};
 use crate::error::Result;
 use crate::logs::Keys;
-use crate::model::{Approval, ApprovalStatus, Opinion, Step, Subtask, Task};
+use crate::model::{Approval, ApprovalStatus, Decision, Opinion, Step, Subtask, Task};
 use crate::notify::Kind;
 use crate::policy::{NodeOutcome, Verdict};
 use event_listener::Event;
@@ -221,13 +221,13 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
             (None, "fail", Some(n)) => format!("batch {n} failed"),
             _ => String::new(),
         };
-        if t.status == "refuse" && t.decision == "pending" {
+        if t.status == "refuse" && t.decision == Decision::Pending {
             // A refused deploy can not be rolled back.
-            t.decision = String::new();
+            t.decision = Decision::None;
         }
         tx.put_task(&t)?;
         e.notify.emit(tx, Kind::Finished, &t, None, None)?;
-        if t.decision == "pending" {
+        if t.decision == Decision::Pending {
             e.notify.emit(tx, Kind::RollbackDecision, &t, None, None)?;
         }
         Ok(Some(t))
@@ -238,7 +238,7 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
         if !t.reason.is_empty() {
             text.push_str(&format!(" ({})", t.reason));
         }
-        if t.decision == "pending" {
+        if t.decision == Decision::Pending {
             text.push_str("; waits for a rollback decision (rollback or norollback)");
         }
         e.logs.append(&Keys::task(uuid), "", "info", &text);

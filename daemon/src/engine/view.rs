@@ -69,7 +69,7 @@ impl Engine {
             self.store
                 .tasks_between(project, now - ROLLBACK_WINDOW_MS - 86_400_000, i64::MAX)?;
         for s in recent {
-            if s.is_finished() && s.decision == "pending" {
+            if s.is_finished() && s.decision == crate::model::Decision::Pending {
                 if let Some(t) = self.store.task(&s.uuid)? {
                     candidates.push(t);
                 }

@@ -35,7 +35,7 @@ struct Brief {
     projectid: u64,
     status: String,
     #[serde(default)]
-    decision: String,
+    decision: crate::model::Decision,
 }
 
 /// Counts the rows of a table keyed by (project, …), project by project:
@@ -125,7 +125,7 @@ impl Store {
                     if matches!(t.status.as_str(), "fail" | "refuse") {
                         p.failed += 1;
                     }
-                    if crate::model::is_final(&t.status) && t.decision == "pending" {
+                    if crate::model::is_final(&t.status) && t.decision == crate::model::Decision::Pending {
                         p.waiting += 1;
                     }
                 }
