@@ -4,8 +4,9 @@ use crate::args::{ApprovalCmd, BatchCmd, GroupCmd, JobCmd, LogArgs, NodeAdd, Nod
 use crate::client::seg;
 use crate::ctx::Ctx;
 use crate::error::{CliError, Exit, Result};
+use crate::follow::Msg;
 use crate::output::{bar, cell, table};
-use crate::sse::{Parser, Record};
+use crate::sse::Record;
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 
@@ -500,29 +501,21 @@ pub fn log(ctx: &Ctx, a: LogArgs) -> Result<Exit> {
             offset = next;
         }
     }
-    let stream = ctx.client.stream(&format!("{base}?format=sse"))?;
-    let mut parser = Parser::default();
-    for line in stream.lines() {
-        let line = line.map_err(|e| CliError::Connect {
-            server: ctx.conn.server.clone(),
-            detail: format!("the log stream broke: {e}"),
-        })?;
-        let Some(ev) = parser.line(&line) else {
-            continue;
-        };
-        match ev.event.as_str() {
-            "end" => return Ok(Exit::Ok),
-            "message" => {
-                let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                emit(&Record::from_json(&v), &v)?;
+    // Reconnects from its last record when the connection drops.
+    let rx = crate::follow::stream_log(ctx.client.clone(), format!("{base}?format=sse"));
+    loop {
+        match rx.recv() {
+            Ok(Msg::Rec(r, v)) => emit(&r, &v)?,
+            Ok(Msg::End) => return Ok(Exit::Ok),
+            Ok(Msg::Broken(e)) => return Err(CliError::other(format!("the log stream: {e}"))),
+            Err(_) => {
+                return Err(CliError::Connect {
+                    server: ctx.conn.server.clone(),
+                    detail: "the log stream ended before the log did".into(),
+                })
             }
-            _ => {}
         }
     }
-    Err(CliError::Connect {
-        server: ctx.conn.server.clone(),
-        detail: "the log stream ended before the log did".into(),
-    })
 }
 
 pub fn oplog(ctx: &Ctx, limit: u32) -> Result<Exit> {

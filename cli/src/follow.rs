@@ -29,8 +29,9 @@ pub struct Opts {
     pub deadline: Option<Instant>,
 }
 
-enum Msg {
-    Rec(Record),
+/// What the log stream's reader hands over: a record (parsed, and as sent).
+pub enum Msg {
+    Rec(Record, Value),
     End,
     Broken(String),
 }
@@ -40,7 +41,7 @@ const LOST_FOR: Duration = Duration::from_secs(60);
 
 /// Reads the task's event stream on its own thread; when the connection
 /// drops (a daemon restart) it reconnects from the last record it got.
-fn stream_log(client: Client, base: String) -> mpsc::Receiver<Msg> {
+pub fn stream_log(client: Client, base: String) -> mpsc::Receiver<Msg> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut last = 0u64;
@@ -58,12 +59,12 @@ fn stream_log(client: Client, base: String) -> mpsc::Receiver<Msg> {
                         let msg = match ev.event.as_str() {
                             "end" => Msg::End,
                             _ => match serde_json::from_str::<Value>(&ev.data) {
-                                Ok(v) => Msg::Rec(Record::from_json(&v)),
+                                Ok(v) => Msg::Rec(Record::from_json(&v), v),
                                 Err(_) => continue,
                             },
                         };
                         let end = matches!(msg, Msg::End);
-                        if let Msg::Rec(r) = &msg {
+                        if let Msg::Rec(r, _) = &msg {
                             last = last.max(r.seq);
                         }
                         if tx.send(msg).is_err() || end {
@@ -561,7 +562,7 @@ fn drain(
             return;
         }
         match rx.recv_timeout(left) {
-            Ok(Msg::Rec(r)) => {
+            Ok(Msg::Rec(r, _)) => {
                 state.on(&r);
                 if print {
                     let line = r.line();
