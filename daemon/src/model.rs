@@ -416,8 +416,7 @@ pub struct Task {
     /// The nodes of the batches as they were when the task was created.
     pub nodes: BTreeMap<String, Node>,
     pub batches: u32,
-    /// `deploy` or `rollback`.
-    pub action: String,
+    pub action: Action,
     /// Set once by a stop; never cleared (the stop is sticky).
     pub stopped_by: Option<String>,
     /// Rollback decision of a deploy.
@@ -441,7 +440,7 @@ impl Task {
     /// The uuid of the partner task: the rollback of a deploy that was
     /// rolled back, the deploy of a rollback.
     pub fn partner(&self) -> Option<String> {
-        if self.action == "rollback" {
+        if self.action == Action::Rollback {
             let mut u = self.uuid.clone();
             let last = u.pop()?;
             u.push(last.to_ascii_lowercase());
@@ -456,7 +455,7 @@ impl Task {
     /// The task as the API shows it; `waiting` is derived by the engine.
     pub fn to_api(&self, waiting: Option<&Waiting>) -> serde_json::Value {
         let partner = self.partner();
-        let (rollback_uuid, deploy_uuid) = if self.action == "rollback" {
+        let (rollback_uuid, deploy_uuid) = if self.action == Action::Rollback {
             (None, partner)
         } else {
             (partner, None)

@@ -495,7 +495,7 @@ pub fn batch_cells(
         .iter()
         .enumerate()
         .map(|(i, step)| {
-            if !crate::engine::plan::step_applies(step, &task.action, s.idx, task.batches) {
+            if !crate::engine::plan::step_applies(step, task.action, s.idx, task.batches) {
                 return (Cell::Skipped, Vec::new());
             }
             match s.status.as_str() {
@@ -562,7 +562,7 @@ fn step_key(s: &Subtask, step: &Step) -> String {
 /// `RESULT_SCAN` records.
 fn current_step(app: &App, task: &Task, s: &Subtask) -> Result<Option<Current>> {
     for (i, step) in task.steps.iter().enumerate().rev() {
-        if !crate::engine::plan::step_applies(step, &task.action, s.idx, task.batches) {
+        if !crate::engine::plan::step_applies(step, task.action, s.idx, task.batches) {
             continue;
         }
         let key = step_key(s, step);
@@ -777,7 +777,7 @@ mod tests {
             steps,
             nodes: BTreeMap::new(),
             batches,
-            action: "deploy".into(),
+            action: crate::model::Action::Deploy,
             stopped_by: None,
             decision: crate::model::Decision::None,
             policy: Default::default(),

@@ -4,7 +4,7 @@
 
 use super::openc3_auth::{authorize_on, Connector, CookieSignIn};
 use super::*;
-use crate::model::{Decision, Task};
+use crate::model::{Action, Decision, Task};
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/group/:projectid/:name/node/byname")
@@ -97,7 +97,7 @@ fn compat(app: &App) -> bool {
 /// `_rollbackVersion_`, the job's name after `norollback`; both with
 /// `slave` and `group` `_null_` and status `success`.
 pub fn placeholder(d: &Task) -> Option<Value> {
-    if d.action != "deploy" {
+    if d.action != Action::Deploy {
         return None;
     }
     let has_vars = d.variable.as_object().is_some_and(|m| !m.is_empty());

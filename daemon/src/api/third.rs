@@ -101,7 +101,7 @@ async fn dry_run(mut req: Req) -> Result<Reply> {
             let steps: Vec<&str> = task
                 .steps
                 .iter()
-                .filter(|st| plan::step_applies(st, &task.action, s.idx, task.batches))
+                .filter(|st| plan::step_applies(st, task.action, s.idx, task.batches))
                 .map(|st| st.name.as_str())
                 .collect();
             json!({"batch": s.idx + 1, "nodes": s.nodes, "steps": steps})

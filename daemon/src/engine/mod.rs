@@ -13,7 +13,7 @@ mod runner;
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
 use crate::logs::{Keys, LogWriter};
-use crate::model::{Approval, ApprovalStatus, Decision, Group, Node, Opinion, Subtask, Task};
+use crate::model::{Action, Approval, ApprovalStatus, Decision, Group, Node, Opinion, Subtask, Task};
 use crate::store::Store;
 use event_listener::Event;
 use jobx_plugin_api::host::{PluginSet, RunHandle};
@@ -195,7 +195,7 @@ impl Engine {
             steps: job.steps,
             nodes,
             batches: batches.len() as u32,
-            action: "deploy".into(),
+            action: Action::Deploy,
             stopped_by: None,
             decision,
             policy,
@@ -627,7 +627,7 @@ fn new_subtask(task: &str, idx: u32, nodes: Vec<String>) -> Subtask {
 
 /// The rollback preconditions of docs/semantics.md §5, each with its own message.
 pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
-    if d.action != "deploy" {
+    if d.action != Action::Deploy {
         return Err(Error::Bad(format!("task {} is not a deploy", d.uuid)));
     }
     if !d.is_finished() {
@@ -702,7 +702,7 @@ fn rollback_task(d: &Task, subs: &[Subtask], uuid: &str, who: &Principal) -> (Ta
         steps: d.steps.clone(),
         nodes: d.nodes.clone(),
         batches: started.len() as u32,
-        action: "rollback".into(),
+        action: Action::Rollback,
         stopped_by: None,
         decision: Decision::None,
         policy: d.policy.clone(),

@@ -1,15 +1,15 @@
 //! Pure decisions of the runner: step filters, the environment a step
 //! sees, the final status of a task.
 
-use crate::model::{Approval, ApprovalStatus, Step, Subtask, Task, WaitKind, Waiting};
+use crate::model::{Action, Approval, ApprovalStatus, Step, Subtask, Task, WaitKind, Waiting};
 use std::collections::BTreeMap;
 
 /// Does `step` run in batch `idx` (0-based) of `total` for this action?
-pub fn step_applies(step: &Step, action: &str, idx: u32, total: u32) -> bool {
-    let action_ok = match step.action.as_str() {
-        "deploy" => action == "deploy",
-        "rollback" => action == "rollback",
-        _ => true,
+pub fn step_applies(step: &Step, action: Action, idx: u32, total: u32) -> bool {
+    let action_ok = match Action::parse(&step.action) {
+        Some(only) => action == only,
+        // `always`
+        None => true,
     };
     let first = idx == 0;
     let last = idx + 1 == total;
@@ -43,7 +43,7 @@ pub fn context_vars(task: &Task, sub: &Subtask) -> BTreeMap<String, String> {
     v.insert("JOBX_SUBTASK".into(), sub.uuid.clone());
     v.insert("JOBX_BATCH".into(), (sub.idx + 1).to_string());
     v.insert("JOBX_BATCHES".into(), task.batches.to_string());
-    v.insert("JOBX_ACTION".into(), task.action.clone());
+    v.insert("JOBX_ACTION".into(), task.action.to_string());
     v
 }
 
@@ -189,7 +189,7 @@ mod tests {
         ];
         for (a, b, act, idx, total, want) in cases {
             assert_eq!(
-                step_applies(&step(a, b), act, idx, total),
+                step_applies(&step(a, b), Action::parse(act).expect("action"), idx, total),
                 want,
                 "{a} {b} {act} {idx}/{total}"
             );

@@ -123,7 +123,7 @@ fn prepare_next(e: &Engine, task: &Task, subs: &[Subtask], sub: &Subtask) {
     };
     let mut asked = std::collections::BTreeSet::new();
     for step in &task.steps {
-        if !plan::step_applies(step, &task.action, next.idx, task.batches)
+        if !plan::step_applies(step, task.action, next.idx, task.batches)
             || !e.plugins.can_prepare(&step.plugin)
             || !asked.insert(step.plugin.as_str())
         {
@@ -313,7 +313,7 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
     let mut tolerated: Option<String> = None;
     for (i, step) in task.steps.iter().enumerate().skip(from) {
         let keys = Keys::new(&task.uuid, &sub.uuid, &step.uuid, &step.plugin);
-        if !plan::step_applies(step, &task.action, sub.idx, task.batches) {
+        if !plan::step_applies(step, task.action, sub.idx, task.batches) {
             e.logs.append(
                 &keys,
                 "",
@@ -610,7 +610,7 @@ fn request_template(
         step: step.uuid.clone(),
         step_name: step.name.clone(),
         plugin: step.plugin.clone(),
-        action: task.action.clone(),
+        action: task.action.to_string(),
         batch: sub.idx + 1,
         batches: task.batches,
         node: jobx_plugin_api::Node::default(),
