@@ -521,7 +521,7 @@ pub struct Subtask {
     pub idx: u32,
     pub nodes: Vec<String>,
     pub status: String,
-    pub confirm: Option<String>,
+    pub confirm: Option<Confirm>,
     pub start_ms: Option<i64>,
     pub finish_ms: Option<i64>,
     pub reason: String,
@@ -535,7 +535,7 @@ pub struct Subtask {
 
 impl Subtask {
     pub fn waiting(&self) -> bool {
-        self.confirm.as_deref() == Some("WaitConfirm")
+        self.confirm == Some(Confirm::Waiting)
     }
 
     pub fn to_api(&self) -> serde_json::Value {

@@ -819,7 +819,7 @@ mod tests {
         let mut s = sub(1, "fail", &["n1", "n2", "n3"]);
         s.failed_step = Some(1);
         s.failed_nodes = vec!["n2".into()];
-        s.confirm = Some("WaitConfirm".into());
+        s.confirm = Some(crate::model::Confirm::Waiting);
         let c = batch_cells(&t, &s, None);
         assert_eq!(states(&c), vec!["ok", "ok", "skipped"]);
         assert_eq!(c[1].1, vec![("n2".to_string(), Cell::Fail)]);
@@ -832,7 +832,7 @@ mod tests {
             ],
             3,
         );
-        s.confirm = Some("task stop".into());
+        s.confirm = Some(crate::model::Confirm::TaskStop);
         s.failed_step = Some(0);
         s.failed_nodes = vec!["n1".into(), "n2".into(), "n3".into()];
         assert_eq!(

@@ -13,7 +13,7 @@ mod runner;
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
 use crate::logs::{Keys, LogWriter};
-use crate::model::{Action, Approval, ApprovalStatus, Decision, Group, Node, Opinion, Subtask, Task};
+use crate::model::{Action, Approval, ApprovalStatus, Confirm, Decision, Group, Node, Opinion, Subtask, Task};
 use crate::store::Store;
 use event_listener::Event;
 use jobx_plugin_api::host::{PluginSet, RunHandle};
@@ -378,7 +378,7 @@ impl Engine {
                 return Err(Error::Conflict(format!(
                     "batch {sub_uuid} is not waiting for confirmation (status {}, confirm {})",
                     s.status,
-                    s.confirm.as_deref().unwrap_or("none")
+                    s.confirm.as_ref().map_or("none".into(), Confirm::text)
                 )));
             }
             if retry && s.status == "success" {
@@ -387,7 +387,7 @@ impl Engine {
                 )));
             }
             if retry {
-                s.confirm = Some(format!("retried by {}", who.name));
+                s.confirm = Some(Confirm::RetriedBy(who.name.clone()));
                 s.retry = true;
                 tx.oplog(
                     project,
@@ -396,7 +396,7 @@ impl Engine {
                     &format!("task {} batch {}", t.uuid, s.idx + 1),
                 )?;
             } else {
-                s.confirm = Some(format!("confirmed by {}", who.name));
+                s.confirm = Some(Confirm::ConfirmedBy(who.name.clone()));
                 tx.oplog(
                     project,
                     &who.name,
@@ -548,7 +548,7 @@ impl Engine {
                     s.confirm = if plan::exit_on_failure(&t.vars) {
                         None
                     } else {
-                        Some("WaitConfirm".into())
+                        Some(Confirm::Waiting)
                     };
                     if s.failed_step.is_none() {
                         s.failed_step = Some(0);

@@ -1,7 +1,7 @@
 //! Pure decisions of the runner: step filters, the environment a step
 //! sees, the final status of a task.
 
-use crate::model::{Action, Approval, ApprovalStatus, Step, Subtask, Task, WaitKind, Waiting};
+use crate::model::{Action, Approval, ApprovalStatus, Confirm, Step, Subtask, Task, WaitKind, Waiting};
 use std::collections::BTreeMap;
 
 /// Does `step` run in batch `idx` (0-based) of `total` for this action?
@@ -105,10 +105,7 @@ pub fn batch_settled(s: &Subtask) -> bool {
         // A passed batch at a canary gate waits like a failed one.
         "success" => !s.waiting(),
         "cancel" => true,
-        "fail" => s
-            .confirm
-            .as_deref()
-            .is_some_and(|c| c.starts_with("confirmed by")),
+        "fail" => matches!(s.confirm, Some(Confirm::ConfirmedBy(_))),
         _ => false,
     }
 }

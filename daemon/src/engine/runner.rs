@@ -6,7 +6,7 @@
 use super::{lock, plan, Engine};
 use crate::error::Result;
 use crate::logs::Keys;
-use crate::model::{Approval, ApprovalStatus, Decision, Opinion, Step, Subtask, Task};
+use crate::model::{Approval, ApprovalStatus, Confirm, Decision, Opinion, Step, Subtask, Task};
 use crate::notify::Kind;
 use crate::policy::{NodeOutcome, Verdict};
 use event_listener::Event;
@@ -200,7 +200,7 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
             if s.status == "init" {
                 s.status = "cancel".into();
             } else if s.waiting() || s.retry {
-                s.confirm = Some("task stop".into());
+                s.confirm = Some(Confirm::TaskStop);
                 s.retry = false;
             }
             if s.status == "fail" && failed_batch.is_none() {
@@ -440,14 +440,14 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                 None => {
                     s.status = "success".into();
                     if !retry {
-                        s.confirm = Some(String::new());
+                        s.confirm = Some(Confirm::Passed);
                     }
                     s.failed_step = None;
                     // Tolerated failures stay listed on the passed batch.
                     s.failed_nodes = batch_failed.clone();
                     s.reason = tolerated.clone().unwrap_or_default();
                     if gate && stopped_by.is_none() {
-                        s.confirm = Some("WaitConfirm".into());
+                        s.confirm = Some(Confirm::Waiting);
                         s.reason = match tolerated.as_deref() {
                             Some(t) => format!("canary gate; {t}"),
                             None => "canary gate".into(),
@@ -465,13 +465,13 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                         s.status = "fail".into();
                         if let Some(who) = stopped_by {
                             s.reason = format!("stopped by {who}");
-                            s.confirm = Some("task stop".into());
+                            s.confirm = Some(Confirm::TaskStop);
                         } else {
                             s.reason = outcome.reason.clone();
                             s.confirm = if exit {
                                 None
                             } else {
-                                Some("WaitConfirm".into())
+                                Some(Confirm::Waiting)
                             };
                         }
                     }
