@@ -1,5 +1,6 @@
-//! Wall-time comparison of jobx and `ansible-playbook` running the same
-//! three-command job over real OpenSSH servers, in batches.
+//! Wall-time comparison of jobx with `ansible-playbook` and with a plain
+//! ssh + ControlMaster loop, running the same three-command job over real
+//! OpenSSH servers in batches.
 //!
 //! ```text
 //! bench/ssh/run.sh                      # venv + ansible-core, release build, this binary
@@ -8,48 +9,72 @@
 //! ```
 //!
 //! It starts `--hosts` sshd servers on 127.0.0.2, 127.0.0.3, … (one per
-//! loopback address, each on a free port) and runs, `--runs` times each and
-//! alternating, the job `hostname`; `uname -r`; `echo done $X` on every host,
-//! `--batch` hosts at a time:
+//! loopback address, each on a free port) and runs, in each of `--rounds`
+//! rounds, every contender once (the order rotates from round to round) on
+//! the job `uname -a`; `echo deployed-$(hostname) > /dev/null`; `sleep 0.2`,
+//! `--batch` hosts at a time, each command on every host of the batch
+//! before the next command:
 //!
-//! - with jobx: a fresh `jobxd` (fresh data dir, so no master connection or
-//!   known host from an earlier run) with the ssh plugin; the time runs from
-//!   just before `POST /task/10/job/byname` until a poll of
+//! - **jobx**: a fresh `jobxd` (fresh data dir, so no master connection or
+//!   known host from an earlier run) with the ssh plugin; the time runs
+//!   from just before `POST /task/10/job/byname` until a poll of
 //!   `GET /task/10/<uuid>` sees the task finished;
-//! - with ansible: a playbook with `serial`, `gather_facts: false` and three
-//!   `command`/`shell` tasks, run by `ansible-playbook` with a fresh
-//!   `ControlPath` directory; the time is the whole `ansible-playbook`
-//!   process, start to exit.
+//! - **jobx without prepare**: the same, with a copy of the ssh plugin whose
+//!   optional "prepare these nodes" symbol is renamed, so the daemon loads
+//!   it as a plugin without the hook (what jobx did before the hook);
+//! - **ControlMaster loop**: per batch, open the masters of its hosts in
+//!   parallel (`ssh -M -N -f`, `ControlPersist`), then run each command on
+//!   every host of the batch in parallel over them: what a script that
+//!   connects batch by batch does;
+//! - **ansible**: a playbook with `serial`, `gather_facts: false` and the
+//!   same three commands, run by `ansible-playbook` with a fresh
+//!   `ControlPath` directory; the time is the whole process, start to exit.
 //!
-//! Both must succeed on every host; otherwise the bench stops with the
-//! tool's output. Idle ssh master connections a run leaves behind (jobx's
-//! and ansible's `ControlPersist`) are closed after the run, by pid, so that
-//! they neither carry over nor take CPU from the next run. Everything talks
-//! to loopback addresses only, and all servers stop when the bench ends.
+//! The servers set `HOME` (sshd's `SetEnv`) to a directory with an empty
+//! `.bashrc`, so every contender's commands run in the same clean shell,
+//! not one that starts a heavy profile. Every contender must succeed on
+//! every host, otherwise the bench stops with its output. Idle master
+//! connections a run leaves behind are closed after the run, by pid, so
+//! that they neither carry over nor take CPU from the next run. Each round
+//! gives the ratios of jobx's time to the others'; the bench prints their
+//! minimum and median with the goal beside them. Everything talks to
+//! loopback addresses only, and all servers stop when the bench ends.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use jobx_tests::daemon::Daemon;
+use jobx_tests::daemon::{bin_dir, Daemon, TempDir};
 use jobx_tests::flow::{group, job, log_text, start, subtasks, task};
-use jobx_tests::sshd::{processes_matching, SshdFleet};
+use jobx_tests::sshd::{processes_matching, SshdFleet, SshdOptions};
 use serde_json::json;
 
 /// The project every jobx object lives in.
 const PROJECT: u64 = 10;
-/// The value of `$X` in the third command.
-const X: &str = "bench";
+/// The three commands, as the job's steps name them.
+const COMMANDS: [(&str, &str); 3] = [
+    ("uname", "uname -a"),
+    ("deployed", "echo deployed-$(hostname) > /dev/null"),
+    ("sleep", "sleep 0.2"),
+];
 /// Longest a single run may take before the bench gives up.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often the task is polled while jobx runs it.
 const POLL: Duration = Duration::from_millis(10);
+/// The goal for jobx against ansible-playbook (at most this ratio).
+const GOAL_ANSIBLE: f64 = 0.10;
+/// The goal for jobx against the ControlMaster loop (below this ratio).
+const GOAL_LOOP: f64 = 1.0;
+/// The optional symbol that carries the ssh plugin's "prepare" hook, and
+/// the name of the same length it gets in the copy without it.
+const HOOK_SYMBOL: &[u8] = b"jobx_plugin_v1_extensions";
+const HIDDEN_SYMBOL: &[u8] = b"jobx_plugin_v1_extensionX";
 
 struct Options {
     hosts: usize,
     batch: usize,
-    runs: usize,
+    rounds: usize,
     ansible_playbook: PathBuf,
     python: String,
 }
@@ -58,11 +83,11 @@ fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         hosts: 20,
         batch: 5,
-        runs: 3,
+        rounds: 5,
         ansible_playbook: PathBuf::from("ansible-playbook"),
         python: "/usr/bin/python3".to_string(),
     };
-    let usage = "options: --hosts N --batch N --runs N --ansible-playbook PATH --python PATH";
+    let usage = "options: --hosts N --batch N --rounds N --ansible-playbook PATH --python PATH";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -78,7 +103,7 @@ fn parse_args() -> Result<Options, String> {
         match flag.as_str() {
             "--hosts" => o.hosts = num()?,
             "--batch" => o.batch = num()?,
-            "--runs" => o.runs = num()?,
+            "--rounds" | "--runs" => o.rounds = num()?,
             // Made absolute: ansible-playbook runs in its own directory.
             "--ansible-playbook" if value.contains('/') => {
                 o.ansible_playbook = std::fs::canonicalize(value)
@@ -89,8 +114,8 @@ fn parse_args() -> Result<Options, String> {
             _ => return Err(format!("unknown option {flag}; {usage}")),
         }
     }
-    if o.hosts == 0 || o.batch == 0 || o.runs == 0 {
-        return Err("--hosts, --batch and --runs must be positive".to_string());
+    if o.hosts == 0 || o.batch == 0 || o.rounds == 0 {
+        return Err("--hosts, --batch and --rounds must be positive".to_string());
     }
     if o.hosts > 250 {
         return Err("--hosts: at most 250 (one loopback address each)".to_string());
@@ -112,15 +137,65 @@ fn main() {
     }
 }
 
+/// What runs the job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Jobx,
+    JobxWithoutPrepare,
+    Loop,
+    Ansible,
+}
+
+impl Contender {
+    fn label(self) -> &'static str {
+        match self {
+            Contender::Jobx => "jobx",
+            Contender::JobxWithoutPrepare => "jobx without prepare",
+            Contender::Loop => "ControlMaster loop",
+            Contender::Ansible => "ansible-playbook",
+        }
+    }
+}
+
+/// Wall times of one round, by contender.
+#[derive(Default)]
+struct Round {
+    times: Vec<(Contender, f64)>,
+}
+
+impl Round {
+    fn time(&self, c: Contender) -> Option<f64> {
+        self.times.iter().find(|(k, _)| *k == c).map(|(_, t)| *t)
+    }
+
+    fn ratio(&self, a: Contender, b: Contender) -> Option<f64> {
+        Some(self.time(a)? / self.time(b)?)
+    }
+}
+
 fn run(o: &Options) -> Result<(), String> {
-    let version = ansible_version(&o.ansible_playbook)?;
-    let fleet = SshdFleet::start(o.hosts).map_err(|e| format!("starting sshd: {e}"))?;
+    let version = match ansible_version(&o.ansible_playbook) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            println!("ansible-playbook is not available ({e}): comparing with the ControlMaster loop only");
+            None
+        }
+    };
+    // A HOME with an empty .bashrc for every login on the servers.
+    let home = TempDir::new("bench-ssh-home");
+    std::fs::write(home.path().join(".bashrc"), "")
+        .map_err(|e| format!("write {}/.bashrc: {e}", home.path().display()))?;
+    let opts = SshdOptions {
+        extra_config: vec![format!("SetEnv HOME={}", home.path().display())],
+    };
+    let fleet = SshdFleet::start_with(o.hosts, &opts).map_err(|e| format!("starting sshd: {e}"))?;
     let out = fleet
-        .ssh(0, "true")
+        .ssh(0, "echo $HOME")
         .map_err(|e| format!("ssh to the first server: {e}"))?;
-    if !out.status.success() {
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || seen != home.path().display().to_string() {
         return Err(format!(
-            "plain ssh to the first server failed: {}",
+            "the servers' login shells do not start in the clean HOME (got {seen:?}): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
@@ -128,53 +203,144 @@ fn run(o: &Options) -> Result<(), String> {
     let batches = o.hosts.div_ceil(o.batch);
     let last = fleet.server(o.hosts - 1);
     println!(
-        "{} sshd on 127.0.0.2..{} (user {}), batches of {} ({} batches), \
-         3 commands per host: hostname; uname -r; echo done $X",
+        "{} sshd on 127.0.0.2..{} (user {}, HOME with an empty .bashrc), batches of {} ({} batches), \
+         {} rounds; on every host: {}",
         o.hosts,
         last.host(),
         fleet.user(),
         o.batch,
         batches,
+        o.rounds,
+        COMMANDS.map(|(_, c)| c).join("; "),
     );
-    println!(
-        "{} (startup alone, `--version`: {:.3} s)",
-        version.text, version.seconds
-    );
-    let inherited = inherited_ansible_env();
-    if !inherited.is_empty() {
-        println!("ansible settings from the environment: {inherited}");
+    let mut contenders = vec![
+        Contender::Jobx,
+        Contender::JobxWithoutPrepare,
+        Contender::Loop,
+    ];
+    if let Some(v) = &version {
+        println!(
+            "{} (startup alone, `--version`: {:.3} s)",
+            v.text, v.seconds
+        );
+        let inherited = inherited_ansible_env();
+        if !inherited.is_empty() {
+            println!("ansible settings from the environment: {inherited}");
+        }
+        contenders.push(Contender::Ansible);
     }
 
     let work = fleet.dir().join("ansible");
     std::fs::create_dir(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
     write_ansible_files(&work, &fleet, &names, o)?;
+    let without = TempDir::new("bench-ssh-nohook");
+    plugin_without_hook(without.path())?;
 
-    let mut jobx_times = Vec::new();
-    let mut ansible_times = Vec::new();
-    for r in 1..=o.runs {
-        let j = run_jobx(&fleet, &names, o)?;
-        println!(
-            "run {r}  jobx     {:>8.3} s   (daemon's own start..finish: {:.3} s; {} idle ssh masters closed)",
-            j.wall, j.daemon, j.closed
-        );
-        jobx_times.push(j.wall);
-        let a = run_ansible(&fleet, &work, r, o)?;
-        println!(
-            "run {r}  ansible  {:>8.3} s   ({} idle ssh masters closed)",
-            a.wall, a.closed
-        );
-        ansible_times.push(a.wall);
+    let mut rounds = Vec::new();
+    for r in 1..=o.rounds {
+        let mut round = Round::default();
+        let mut order = contenders.clone();
+        order.rotate_left((r - 1) % contenders.len());
+        for c in order {
+            let (wall, note) = match c {
+                Contender::Jobx => run_jobx(&fleet, &names, o, None)?,
+                Contender::JobxWithoutPrepare => run_jobx(&fleet, &names, o, Some(without.path()))?,
+                Contender::Loop => run_loop(&fleet, r, o)?,
+                Contender::Ansible => run_ansible(&fleet, &work, r, o)?,
+            };
+            println!("round {r}  {:<22} {wall:>8.3} s   ({note})", c.label());
+            round.times.push((c, wall));
+        }
+        rounds.push(round);
     }
-    let mj = median(&jobx_times);
-    let ma = median(&ansible_times);
+
     println!();
-    println!("jobx     runs: {}  median {mj:.3} s", list(&jobx_times));
-    println!("ansible  runs: {}  median {ma:.3} s", list(&ansible_times));
-    println!(
-        "ratio (median ansible / median jobx): {:.1}x",
-        if mj > 0.0 { ma / mj } else { f64::NAN }
-    );
+    println!("{} rounds; per contender: min / median wall time", o.rounds);
+    for &c in &contenders {
+        let t: Vec<f64> = rounds.iter().filter_map(|r| r.time(c)).collect();
+        println!(
+            "  {:<22} min {:>7.3} s  median {:>7.3} s   runs: {}",
+            c.label(),
+            min(&t),
+            median(&t),
+            list(&t)
+        );
+    }
+    println!("ratios, computed per round: min / median (goal)");
+    let mut pairs = vec![
+        (
+            Contender::Jobx,
+            Contender::Loop,
+            format!("< {GOAL_LOOP:.2}"),
+        ),
+        (
+            Contender::JobxWithoutPrepare,
+            Contender::Loop,
+            format!("< {GOAL_LOOP:.2}"),
+        ),
+        (
+            Contender::Jobx,
+            Contender::JobxWithoutPrepare,
+            "the hook's effect".to_string(),
+        ),
+    ];
+    if version.is_some() {
+        pairs.insert(
+            0,
+            (
+                Contender::Jobx,
+                Contender::Ansible,
+                format!("<= {GOAL_ANSIBLE:.2}"),
+            ),
+        );
+        pairs.insert(
+            1,
+            (
+                Contender::JobxWithoutPrepare,
+                Contender::Ansible,
+                format!("<= {GOAL_ANSIBLE:.2}"),
+            ),
+        );
+    }
+    for (a, b, goal) in pairs {
+        let r: Vec<f64> = rounds.iter().filter_map(|x| x.ratio(a, b)).collect();
+        println!(
+            "  {:<46} {:>6.3} / {:>6.3}   (goal {goal})   rounds: {}",
+            format!("{} / {}", a.label(), b.label()),
+            min(&r),
+            median(&r),
+            list(&r)
+        );
+    }
     Ok(())
+}
+
+/// Copies the ssh plugin into `dir` with its optional hook symbol renamed
+/// (same length, so nothing else in the file moves): the daemon then finds
+/// no hook and loads it as a plugin built without one.
+fn plugin_without_hook(dir: &Path) -> Result<(), String> {
+    let from = bin_dir().join("libjobx_plugin_ssh.so");
+    let mut bytes = std::fs::read(&from).map_err(|e| format!("read {}: {e}", from.display()))?;
+    let mut renamed = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..]
+        .windows(HOOK_SYMBOL.len())
+        .position(|w| w == HOOK_SYMBOL)
+    {
+        let at = i + at;
+        bytes[at..at + HIDDEN_SYMBOL.len()].copy_from_slice(HIDDEN_SYMBOL);
+        renamed += 1;
+        i = at + HIDDEN_SYMBOL.len();
+    }
+    if renamed == 0 {
+        return Err(format!(
+            "{} has no {} symbol to hide",
+            from.display(),
+            String::from_utf8_lossy(HOOK_SYMBOL)
+        ));
+    }
+    let to = dir.join("libjobx_plugin_ssh.so");
+    std::fs::write(&to, bytes).map_err(|e| format!("write {}: {e}", to.display()))
 }
 
 /// Variables the bench sets for every ansible run (the others pass through).
@@ -236,18 +402,27 @@ fn ansible_version(playbook: &Path) -> Result<Version, String> {
     Ok(Version { text, seconds })
 }
 
-struct JobxRun {
-    wall: f64,
-    daemon: f64,
-    closed: usize,
-}
-
-fn run_jobx(fleet: &SshdFleet, names: &[String], o: &Options) -> Result<JobxRun, String> {
-    let d = Daemon::start(&format!(
+/// One jobx run: a fresh daemon, whose plugins come from `plugin_dir`
+/// (the build's own when `None`).
+fn run_jobx(
+    fleet: &SshdFleet,
+    names: &[String],
+    o: &Options,
+    plugin_dir: Option<&Path>,
+) -> Result<(f64, String), String> {
+    let mut config = format!(
         "[plugins.ssh]\nidentity_file = {:?}\nuser = {:?}\nconnect_timeout = 10\n",
         fleet.identity_file().display().to_string(),
         fleet.user()
-    ));
+    );
+    if let Some(dir) = plugin_dir {
+        let _ = write!(
+            config,
+            "[plugins]\ndir = [{:?}]\n",
+            dir.display().to_string()
+        );
+    }
+    let d = Daemon::start(&config);
     let nodes: Vec<_> = names
         .iter()
         .enumerate()
@@ -263,19 +438,14 @@ fn run_jobx(fleet: &SshdFleet, names: &[String], o: &Options) -> Result<JobxRun,
         .collect::<Vec<_>>()
         .join(";");
     group(&d, PROJECT, "fleet", "list", &list);
-    job(
-        &d,
-        PROJECT,
-        "three",
-        json!([
-            {"name": "hostname", "plugin": "ssh", "script": "hostname"},
-            {"name": "kernel", "plugin": "ssh", "script": "uname -r"},
-            {"name": "done", "plugin": "ssh", "script": "echo done $X"}
-        ]),
-    );
+    let steps: Vec<_> = COMMANDS
+        .iter()
+        .map(|(name, script)| json!({"name": name, "plugin": "ssh", "script": script}))
+        .collect();
+    job(&d, PROJECT, "three", json!(steps));
 
     let t0 = Instant::now();
-    let uuid = start(&d, PROJECT, "three", "fleet", json!({ "X": X }));
+    let uuid = start(&d, PROJECT, "three", "fleet", json!({}));
     let finished = loop {
         let t = task(&d, PROJECT, &uuid);
         if matches!(t["status"].as_str(), Some("success" | "fail" | "refuse")) {
@@ -302,8 +472,8 @@ fn run_jobx(fleet: &SshdFleet, names: &[String], o: &Options) -> Result<JobxRun,
         return Err(format!("jobx ran {} batches:\n{log}", subs.len()));
     }
     for n in names {
-        if !log.contains(&format!("[{n}] done {X}")) {
-            return Err(format!("jobx log has no `done` line for {n}:\n{log}"));
+        if !log.contains(&format!("[{n}] Linux ")) {
+            return Err(format!("jobx log has no `uname -a` line for {n}:\n{log}"));
         }
     }
     // Seconds since the epoch, with milliseconds.
@@ -311,11 +481,119 @@ fn run_jobx(fleet: &SshdFleet, names: &[String], o: &Options) -> Result<JobxRun,
     let daemon = secs("finishtimems") - secs("starttimems");
     let closed = close_masters(fleet);
     drop(d);
-    Ok(JobxRun {
+    Ok((
         wall,
-        daemon,
-        closed,
-    })
+        format!("daemon's own start..finish {daemon:.3} s; {closed} idle masters closed"),
+    ))
+}
+
+/// The ssh options every command of the loop uses.
+fn loop_args(fleet: &SshdFleet, i: usize, ctl: &Path) -> Vec<String> {
+    let s = fleet.server(i);
+    let mut a: Vec<String> = ["-F", "/dev/null", "-i"].map(String::from).to_vec();
+    a.push(fleet.identity_file().display().to_string());
+    for opt in [
+        "BatchMode=yes".to_string(),
+        "StrictHostKeyChecking=no".to_string(),
+        "UserKnownHostsFile=/dev/null".to_string(),
+        "LogLevel=ERROR".to_string(),
+        format!("ControlPath={}", ctl.display()),
+    ] {
+        a.push("-o".into());
+        a.push(opt);
+    }
+    a.push("-p".into());
+    a.push(s.port().to_string());
+    a.push("-l".into());
+    a.push(fleet.user().to_string());
+    a
+}
+
+/// Waits for every child; answers an error naming what failed.
+fn wait_all(children: Vec<(String, Child)>) -> Result<Vec<String>, String> {
+    let mut outputs = Vec::with_capacity(children.len());
+    let mut failed = Vec::new();
+    for (what, child) in children {
+        match child.wait_with_output() {
+            Ok(out) if out.status.success() => {
+                outputs.push(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+            Ok(out) => failed.push(format!(
+                "{what}: {} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => failed.push(format!("{what}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(outputs)
+    } else {
+        Err(failed.join("\n"))
+    }
+}
+
+/// The baseline a script gives: batch by batch, open the batch's masters in
+/// parallel, then run each command on all of its hosts in parallel over
+/// them, waiting for every host before the next command.
+fn run_loop(fleet: &SshdFleet, round: usize, o: &Options) -> Result<(f64, String), String> {
+    let ctl_dir = fleet.dir().join(format!("loop-{round}"));
+    std::fs::create_dir_all(&ctl_dir).map_err(|e| format!("create {}: {e}", ctl_dir.display()))?;
+    let hosts: Vec<usize> = (0..o.hosts).collect();
+    let spawn = |i: usize, extra: &[&str], what: String| -> Result<(String, Child), String> {
+        let ctl = ctl_dir.join(format!("h{i}"));
+        Command::new("ssh")
+            .args(loop_args(fleet, i, &ctl))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(|c| (what.clone(), c))
+            .map_err(|e| format!("{what}: cannot run ssh: {e}"))
+    };
+    let t0 = Instant::now();
+    for batch in hosts.chunks(o.batch) {
+        let mut masters = Vec::new();
+        for &i in batch {
+            let host = fleet.server(i).host();
+            masters.push(spawn(
+                i,
+                &[
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    "ControlPersist=60",
+                    "-N",
+                    "-f",
+                    "--",
+                    &host,
+                ],
+                format!("master to {host}"),
+            )?);
+        }
+        wait_all(masters)?;
+        for (_, cmd) in COMMANDS {
+            let mut runs = Vec::new();
+            for &i in batch {
+                let host = fleet.server(i).host();
+                runs.push(spawn(
+                    i,
+                    &["-o", "ControlMaster=no", "--", &host, cmd],
+                    format!("`{cmd}` on {host}"),
+                )?);
+            }
+            let outputs = wait_all(runs)?;
+            if cmd.starts_with("uname") {
+                if let Some(bad) = outputs.iter().find(|o| !o.starts_with("Linux ")) {
+                    return Err(format!("`{cmd}` printed {bad:?}"));
+                }
+            }
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let closed = close_masters(fleet);
+    Ok((wall, format!("{closed} idle masters closed")))
 }
 
 fn write_ansible_files(
@@ -350,15 +628,13 @@ fn write_ansible_files(
            hosts: fleet\n  \
            serial: {batch}\n  \
            gather_facts: false\n  \
-           environment:\n    \
-             X: {X}\n  \
            tasks:\n    \
-             - name: hostname\n      \
-               ansible.builtin.command: hostname\n    \
-             - name: kernel\n      \
-               ansible.builtin.command: uname -r\n    \
-             - name: done\n      \
-               ansible.builtin.shell: echo done $X\n",
+             - name: uname\n      \
+               ansible.builtin.command: uname -a\n    \
+             - name: deployed\n      \
+               ansible.builtin.shell: echo deployed-$(hostname) > /dev/null\n    \
+             - name: sleep\n      \
+               ansible.builtin.command: sleep 0.2\n",
         batch = o.batch,
     );
     // Only this file is read: no /etc/ansible/ansible.cfg, ~/.ansible.cfg
@@ -375,17 +651,12 @@ fn write_ansible_files(
     Ok(())
 }
 
-struct AnsibleRun {
-    wall: f64,
-    closed: usize,
-}
-
 fn run_ansible(
     fleet: &SshdFleet,
     work: &Path,
     run: usize,
     o: &Options,
-) -> Result<AnsibleRun, String> {
+) -> Result<(f64, String), String> {
     // Fresh per run: no master connection from an earlier run is reused.
     let run_dir = work.join(format!("run-{run}"));
     let control = run_dir.join("cp");
@@ -443,7 +714,7 @@ fn run_ansible(
         ));
     }
     let closed = close_masters(fleet);
-    Ok(AnsibleRun { wall, closed })
+    Ok((wall, format!("{closed} idle masters closed")))
 }
 
 /// Stops the idle ssh master connections left to the fleet (both tools keep
@@ -496,6 +767,10 @@ fn median(v: &[f64]) -> f64 {
         n if n % 2 == 1 => s[n / 2],
         n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::min)
 }
 
 fn list(v: &[f64]) -> String {
