@@ -520,7 +520,7 @@ pub struct Subtask {
     /// 0-based position in the task.
     pub idx: u32,
     pub nodes: Vec<String>,
-    pub status: String,
+    pub status: BatchStatus,
     pub confirm: Option<Confirm>,
     pub start_ms: Option<i64>,
     pub finish_ms: Option<i64>,

@@ -330,7 +330,13 @@ impl Verdict {
 /// `_tolerate_total_`.
 pub fn failed_before(subs: &[Subtask], idx: u32) -> usize {
     subs.iter()
-        .filter(|s| s.idx < idx && matches!(s.status.as_str(), "success" | "fail"))
+        .filter(|s| {
+            s.idx < idx
+                && matches!(
+                    s.status,
+                    crate::model::BatchStatus::Success | crate::model::BatchStatus::Fail
+                )
+        })
         .map(|s| s.failed_nodes.len())
         .sum()
 }

@@ -6,7 +6,7 @@
 use super::*;
 use crate::auth::Via;
 use crate::logs::{parse_key, KeyKind};
-use crate::model::{Step, Subtask, Task};
+use crate::model::{BatchStatus, Step, Subtask, Task};
 use crate::sessions::{secret_eq, Session};
 
 /// The session cookie's name.
@@ -498,11 +498,11 @@ pub fn batch_cells(
             if !crate::engine::plan::step_applies(step, task.action, s.idx, task.batches) {
                 return (Cell::Skipped, Vec::new());
             }
-            match s.status.as_str() {
-                "success" => (Cell::Ok, Vec::new()),
-                "init" => (Cell::Pending, Vec::new()),
-                "cancel" => (Cell::Skipped, Vec::new()),
-                "running" => {
+            match s.status {
+                BatchStatus::Success => (Cell::Ok, Vec::new()),
+                BatchStatus::Init => (Cell::Pending, Vec::new()),
+                BatchStatus::Cancel => (Cell::Skipped, Vec::new()),
+                BatchStatus::Running => {
                     let Some(cur) = current else {
                         return (Cell::Pending, Vec::new());
                     };
@@ -533,8 +533,7 @@ pub fn batch_cells(
                         .collect();
                     (all, nodes)
                 }
-                // fail, refuse
-                _ => match s.failed_step {
+                BatchStatus::Fail | BatchStatus::Refuse => match s.failed_step {
                     Some(f) if i < f => (Cell::Ok, Vec::new()),
                     Some(f) if i == f => {
                         if s.failed_nodes.len() >= s.nodes.len() || s.failed_nodes.is_empty() {
@@ -597,7 +596,7 @@ async fn task_view(req: Req) -> Result<Reply> {
         let subs = app.store.subtasks(&uuid)?;
         let mut batches = Vec::with_capacity(subs.len());
         for s in &subs {
-            let current = if s.status == "running" {
+            let current = if s.status == BatchStatus::Running {
                 current_step(app, &task, s)?
             } else {
                 None
@@ -791,7 +790,7 @@ mod tests {
             uuid: "bbbbbbbbbbbb".into(),
             idx,
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            status: status.into(),
+            status: BatchStatus::parse(status).expect("status"),
             confirm: None,
             start_ms: None,
             finish_ms: None,

@@ -282,8 +282,7 @@ fn log_completed(app: &App, task: &Task, sub: Option<&Subtask>) -> Result<bool> 
     }
     let Some(s) = sub else { return Ok(false) };
     let s = app.store.subtask(&s.uuid)?.unwrap_or_else(|| s.clone());
-    Ok(matches!(s.status.as_str(), "success" | "cancel" | "refuse")
-        || (s.status == "fail" && crate::engine::plan::batch_settled(&s)))
+    Ok(crate::engine::state::batch_ended(&s))
 }
 
 /// Resolves a log key to its task (and batch) and checks read access.

@@ -3,7 +3,7 @@
 
 use super::tasks::{run, variable_of};
 use super::*;
-use crate::engine::{plan, NewTask};
+use crate::engine::{plan, state, NewTask};
 use crate::model::{Decision, Subtask, Task};
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
@@ -155,13 +155,9 @@ fn query_state(deploy: &Task, dsubs: &[Subtask], rollback: Option<(&Task, &[Subt
         None => (deploy, dsubs, "deployonly"),
     };
     let waiting = subs.iter().any(|s| s.waiting());
-    let done = subs
-        .iter()
-        .filter(|s| {
-            matches!(s.status.as_str(), "success" | "cancel" | "refuse") || plan::batch_settled(s)
-        })
-        .count();
-    let status = if !task.is_finished() || (ty == "deploy" && deploy.decision == Decision::Pending) {
+    let done = subs.iter().filter(|s| state::batch_ended(s)).count();
+    let status = if !task.is_finished() || (ty == "deploy" && deploy.decision == Decision::Pending)
+    {
         "running"
     } else if task.status == "success" {
         "complete"

@@ -13,7 +13,9 @@ mod runner;
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
 use crate::logs::{Keys, LogWriter};
-use crate::model::{Action, Approval, ApprovalStatus, Confirm, Decision, Group, Node, Opinion, Subtask, Task};
+use crate::model::{
+    Action, ApprovalStatus, BatchStatus, Confirm, Decision, Group, Node, Opinion, Subtask, Task,
+};
 use crate::store::Store;
 use event_listener::Event;
 use jobx_plugin_api::host::{PluginSet, RunHandle};
@@ -381,7 +383,7 @@ impl Engine {
                     s.confirm.as_ref().map_or("none".into(), Confirm::text)
                 )));
             }
-            if retry && s.status == "success" {
+            if retry && s.status == BatchStatus::Success {
                 return Err(Error::Conflict(format!(
                     "batch {sub_uuid} passed and waits at a canary gate: continue, or stop the task"
                 )));
@@ -538,18 +540,15 @@ impl Engine {
                     lock(&self.stopping).insert(uuid.clone());
                 }
                 for mut s in tx.subtasks(uuid)? {
-                    if s.status != "running" {
+                    let exit = plan::exit_on_failure(&t.vars);
+                    let Some((status, confirm)) = state::interrupt(s.status, exit) else {
                         continue;
-                    }
-                    s.status = "fail".into();
+                    };
+                    s.status = status;
                     s.reason = "interrupted by daemon restart".into();
                     s.finish_ms = Some(now);
                     s.retry = false;
-                    s.confirm = if plan::exit_on_failure(&t.vars) {
-                        None
-                    } else {
-                        Some(Confirm::Waiting)
-                    };
+                    s.confirm = confirm;
                     if s.failed_step.is_none() {
                         s.failed_step = Some(0);
                         s.failed_nodes = s.nodes.clone();
@@ -614,7 +613,7 @@ fn new_subtask(task: &str, idx: u32, nodes: Vec<String>) -> Subtask {
         uuid: crate::ids::new_uuid(),
         idx,
         nodes,
-        status: "init".into(),
+        status: BatchStatus::Init,
         confirm: None,
         start_ms: None,
         finish_ms: None,
@@ -680,7 +679,7 @@ fn rollback_task(d: &Task, subs: &[Subtask], uuid: &str, who: &Principal) -> (Ta
     }
     let started: Vec<Vec<String>> = subs
         .iter()
-        .filter(|s| s.status != "init" && s.status != "cancel")
+        .filter(|s| !matches!(s.status, BatchStatus::Init | BatchStatus::Cancel))
         .map(|s| s.nodes.clone())
         .collect();
     let task = Task {

@@ -1,7 +1,7 @@
 //! Pure decisions of the runner: step filters, the environment a step
 //! sees, the final status of a task.
 
-use crate::model::{Action, Approval, ApprovalStatus, Confirm, Step, Subtask, Task, WaitKind, Waiting};
+use crate::model::{Action, Approval, ApprovalStatus, Step, Subtask, Task, WaitKind, Waiting};
 use std::collections::BTreeMap;
 
 /// Does `step` run in batch `idx` (0-based) of `total` for this action?
@@ -99,29 +99,6 @@ pub fn check_step_vars(steps: &[Step], vars: &BTreeMap<String, String>) -> Resul
     Ok(())
 }
 
-/// Is this batch settled so the task may move past it?
-pub fn batch_settled(s: &Subtask) -> bool {
-    match s.status.as_str() {
-        // A passed batch at a canary gate waits like a failed one.
-        "success" => !s.waiting(),
-        "cancel" => true,
-        "fail" => matches!(s.confirm, Some(Confirm::ConfirmedBy(_))),
-        _ => false,
-    }
-}
-
-/// The end status of a task from its batches: `refuse` if any batch was
-/// refused, `success` if all succeeded, else `fail`.
-pub fn final_status(subs: &[Subtask], stopped: bool) -> &'static str {
-    if subs.iter().any(|s| s.status == "refuse") {
-        "refuse"
-    } else if !stopped && subs.iter().all(|s| s.status == "success") {
-        "success"
-    } else {
-        "fail"
-    }
-}
-
 /// What a task waits for a person to do, derived from its batches, its
 /// pending approvals and its rollback decision (`rollback_open`: whether a
 /// decision is still accepted, see `check_rollback_allowed`).
@@ -191,43 +168,6 @@ mod tests {
                 "{a} {b} {act} {idx}/{total}"
             );
         }
-    }
-
-    fn sub(status: &str, confirm: Option<&str>) -> Subtask {
-        serde_json::from_value(serde_json::json!({
-            "id": 1, "parent_uuid": "p", "uuid": "s", "idx": 0, "nodes": [],
-            "status": status, "confirm": confirm, "start_ms": null, "finish_ms": null,
-            "reason": "", "failed_step": null, "failed_nodes": [], "retry": false
-        }))
-        .expect("subtask")
-    }
-
-    #[test]
-    fn statuses() {
-        assert_eq!(final_status(&[sub("success", Some(""))], false), "success");
-        assert_eq!(final_status(&[], false), "success");
-        assert_eq!(final_status(&[sub("success", Some(""))], true), "fail");
-        assert_eq!(
-            final_status(
-                &[
-                    sub("fail", Some("confirmed by a")),
-                    sub("success", Some(""))
-                ],
-                false
-            ),
-            "fail"
-        );
-        assert_eq!(
-            final_status(&[sub("refuse", None), sub("cancel", None)], false),
-            "refuse"
-        );
-        assert!(batch_settled(&sub("fail", Some("confirmed by x"))));
-        assert!(!batch_settled(&sub("fail", Some("WaitConfirm"))));
-        assert!(!batch_settled(&sub("init", None)));
-        // a passed batch at a canary gate holds the task until confirmed
-        assert!(!batch_settled(&sub("success", Some("WaitConfirm"))));
-        assert!(batch_settled(&sub("success", Some("confirmed by x"))));
-        assert!(batch_settled(&sub("success", Some(""))));
     }
 
     #[test]

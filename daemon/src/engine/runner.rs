@@ -3,10 +3,11 @@
 //! It holds no state of its own that matters: after every change it writes
 //! the store, and after every wake-up it re-reads it.
 
+use super::state::{self, RunEnd, SettleCtx};
 use super::{lock, plan, Engine};
 use crate::error::Result;
 use crate::logs::Keys;
-use crate::model::{Approval, ApprovalStatus, Confirm, Decision, Opinion, Step, Subtask, Task};
+use crate::model::{Approval, ApprovalStatus, BatchStatus, Decision, Opinion, Step, Subtask, Task};
 use crate::notify::Kind;
 use crate::policy::{NodeOutcome, Verdict};
 use event_listener::Event;
@@ -117,7 +118,7 @@ async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
 fn prepare_next(e: &Engine, task: &Task, subs: &[Subtask], sub: &Subtask) {
     let Some(next) = subs
         .iter()
-        .find(|s| s.idx == sub.idx + 1 && s.status == "init")
+        .find(|s| s.idx == sub.idx + 1 && s.status == BatchStatus::Init)
     else {
         return;
     };
@@ -151,7 +152,7 @@ fn prepare_next(e: &Engine, task: &Task, subs: &[Subtask], sub: &Subtask) {
 
 /// Milliseconds batch `sub` must still wait under `_batch_wait_` (not on a retry).
 fn pacing(task: &Task, subs: &[Subtask], sub: &Subtask) -> Option<u64> {
-    if sub.retry || sub.status != "init" {
+    if sub.retry || sub.status != BatchStatus::Init {
         return None;
     }
     let prev = subs.iter().find(|s| s.idx + 1 == sub.idx)?;
@@ -165,16 +166,16 @@ fn next_step(task: &Task, subs: &[Subtask]) -> Next {
         return Next::Finish;
     }
     for s in subs {
-        if plan::batch_settled(s) {
+        if state::batch_settled(s) {
             continue;
         }
-        return match s.status.as_str() {
-            "init" => Next::Run(Box::new(s.clone())),
-            "refuse" => Next::Finish,
-            "fail" if s.retry => Next::Run(Box::new(s.clone())),
-            "fail" if s.waiting() => Next::Wait,
+        return match s.status {
+            BatchStatus::Init => Next::Run(Box::new(s.clone())),
+            BatchStatus::Refuse => Next::Finish,
+            BatchStatus::Fail if s.retry => Next::Run(Box::new(s.clone())),
+            BatchStatus::Fail if s.waiting() => Next::Wait,
             // A failed batch that does not wait (`_exit_`) ends the task.
-            "fail" => Next::Finish,
+            BatchStatus::Fail => Next::Finish,
             // Running batches belong to this runner; seeing one here means it
             // was interrupted, which recovery turns into a failure.
             _ => Next::Wait,
@@ -192,39 +193,15 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
             return Ok(None);
         };
         let mut subs = tx.subtasks(uuid)?;
-        let stopped = t.stopped_by.clone();
         let now = crate::clock::now_ms();
-        let mut failed_batch = None;
-        for s in subs.iter_mut() {
-            let before = (s.status.clone(), s.confirm.clone());
-            if s.status == "init" {
-                s.status = "cancel".into();
-            } else if s.waiting() || s.retry {
-                s.confirm = Some(Confirm::TaskStop);
-                s.retry = false;
-            }
-            if s.status == "fail" && failed_batch.is_none() {
-                failed_batch = Some(s.idx + 1);
-            }
-            if s.finish_ms.is_none() && s.status != "cancel" {
-                s.finish_ms = Some(now);
-            }
-            if (s.status.clone(), s.confirm.clone()) != before {
-                tx.put_subtask(s)?;
-            }
+        let end = state::finish(&mut subs, t.stopped_by.as_deref(), t.decision, now);
+        for &i in &end.changed {
+            tx.put_subtask(&subs[i])?;
         }
-        t.status = plan::final_status(&subs, stopped.is_some()).into();
+        t.status = end.status.to_string();
         t.finish_ms = Some(now);
-        t.reason = match (&stopped, t.status.as_str(), failed_batch) {
-            (Some(who), _, _) => format!("stopped by {who}"),
-            (None, "refuse", _) => "refused by an approver".into(),
-            (None, "fail", Some(n)) => format!("batch {n} failed"),
-            _ => String::new(),
-        };
-        if t.status == "refuse" && t.decision == Decision::Pending {
-            // A refused deploy can not be rolled back.
-            t.decision = Decision::None;
-        }
+        t.reason = end.reason;
+        t.decision = end.decision;
         tx.put_task(&t)?;
         e.notify.emit(tx, Kind::Finished, &t, None, None)?;
         if t.decision == Decision::Pending {
@@ -264,7 +241,7 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
         0
     };
     let retry_nodes = sub.failed_nodes.clone();
-    sub.status = "running".into();
+    sub.status = BatchStatus::Running;
     sub.retry = false;
     sub.reason.clear();
     sub.finish_ms = None;
@@ -436,50 +413,40 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
             let t = tx.task(&task_uuid)?;
             let stopped_by = t.as_ref().and_then(|t| t.stopped_by.clone());
             s.finish_ms = Some(crate::clock::now_ms());
+            let end = match failed_at {
+                None => RunEnd::Passed { gate },
+                Some(_) if outcome.refused => RunEnd::Refused,
+                Some(_) => RunEnd::Failed,
+            };
+            let ctx = SettleCtx {
+                retry,
+                stopped: stopped_by.is_some(),
+                exit,
+            };
+            (s.status, s.confirm) = state::settle(s.confirm.take(), end, ctx);
             match failed_at {
                 None => {
-                    s.status = "success".into();
-                    if !retry {
-                        s.confirm = Some(Confirm::Passed);
-                    }
                     s.failed_step = None;
                     // Tolerated failures stay listed on the passed batch.
                     s.failed_nodes = batch_failed.clone();
-                    s.reason = tolerated.clone().unwrap_or_default();
-                    if gate && stopped_by.is_none() {
-                        s.confirm = Some(Confirm::Waiting);
-                        s.reason = match tolerated.as_deref() {
-                            Some(t) => format!("canary gate; {t}"),
-                            None => "canary gate".into(),
-                        };
-                    }
+                    s.reason = match (s.waiting(), tolerated.as_deref()) {
+                        (true, Some(t)) => format!("canary gate; {t}"),
+                        (true, None) => "canary gate".into(),
+                        (false, t) => t.unwrap_or_default().to_string(),
+                    };
                 }
                 Some(i) => {
                     s.failed_step = Some(i);
                     s.failed_nodes = outcome.failed.clone();
-                    if outcome.refused {
-                        s.status = "refuse".into();
-                        s.confirm = None;
-                        s.reason = outcome.reason.clone();
-                    } else {
-                        s.status = "fail".into();
-                        if let Some(who) = stopped_by {
-                            s.reason = format!("stopped by {who}");
-                            s.confirm = Some(Confirm::TaskStop);
-                        } else {
-                            s.reason = outcome.reason.clone();
-                            s.confirm = if exit {
-                                None
-                            } else {
-                                Some(Confirm::Waiting)
-                            };
-                        }
-                    }
+                    s.reason = match stopped_by {
+                        Some(who) if !outcome.refused => format!("stopped by {who}"),
+                        _ => outcome.reason.clone(),
+                    };
                 }
             }
             tx.put_subtask(&s)?;
             if let Some(t) = &t {
-                if s.status == "fail" {
+                if s.status == BatchStatus::Fail {
                     e.notify.emit(tx, Kind::Failed, t, Some(&s), None)?;
                 }
                 if s.waiting() {
@@ -487,7 +454,7 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                 }
             }
             Ok(s.waiting().then(|| {
-                if s.status == "success" {
+                if s.status == BatchStatus::Success {
                     return format!(
                         "batch {}/{} passed; waits at a canary gate (_pause_after_): continue or stop",
                         s.idx + 1,
