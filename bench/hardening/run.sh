@@ -2,7 +2,7 @@
 # Resource limits under hostile load: builds the release jobxd and runs
 # hardening.py against it (one fresh daemon per finding, loopback only).
 #
-# usage: bench/hardening/run.sh [BIN_DIR] [--only 1,2,...]
+# usage: bench/hardening/run.sh [BIN_DIR] [--only 1,1b,2,...]
 #   BIN_DIR: a directory holding jobxd and libjobx_plugin_local.so; default
 #   target/release, built first.
 set -euo pipefail

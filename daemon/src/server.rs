@@ -263,6 +263,43 @@ struct Conn {
 struct Shared {
     prefix: Mutex<(Vec<u8>, usize)>,
     closing: AtomicBool,
+    /// The current request's body was read to its end (or it has none).
+    body_read: AtomicBool,
+}
+
+/// A request body that notes in [`Shared`] when it has been read to the end.
+struct Tracked {
+    body: tide::http::Body,
+    shared: Arc<Shared>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.body).poll_read(cx, out);
+        if matches!(r, Poll::Ready(Ok(0))) && !out.is_empty() {
+            self.shared.body_read.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl futures_lite::io::AsyncBufRead for Tracked {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_fill_buf(cx);
+        if matches!(&r, Poll::Ready(Ok(b)) if b.is_empty()) {
+            this.shared.body_read.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.body).consume(amt);
+    }
 }
 
 impl Conn {
@@ -567,17 +604,38 @@ async fn connection(
         shared: Arc::new(Shared::default()),
     };
     let shared = conn.shared.clone();
-    let endpoint = move |req: tide::http::Request| {
+    let endpoint = move |mut req: tide::http::Request| {
         let app = app.clone();
         let shared = shared.clone();
         let guard = inflight.enter();
+        // Whether the answer left some of the body unread is seen here,
+        // whatever the routes and middlewares did with the answer's headers.
+        let announced =
+            req.len().is_some_and(|n| n > 0) || req.header("transfer-encoding").is_some();
+        shared.body_read.store(!announced, Ordering::SeqCst);
+        if announced {
+            let len = req.len();
+            let body = req.take_body();
+            let mime = body.mime().clone();
+            let mut tracked = tide::http::Body::from_reader(
+                Tracked {
+                    body,
+                    shared: shared.clone(),
+                },
+                len,
+            );
+            tracked.set_mime(mime);
+            req.set_body(tracked);
+        }
         async move {
-            let res: tide::http::Result<tide::http::Response> = app.respond(req).await;
-            if let Ok(r) = &res {
+            let mut res: tide::http::Result<tide::http::Response> = app.respond(req).await;
+            if let Ok(r) = &mut res {
                 let close = r
                     .header("connection")
                     .is_some_and(|c| c.as_str().eq_ignore_ascii_case("close"));
-                if close {
+                if close || !shared.body_read.load(Ordering::SeqCst) {
+                    // The rest of the body would be taken for the next request.
+                    r.insert_header("connection", "close");
                     shared.closing.store(true, Ordering::SeqCst);
                 }
             }

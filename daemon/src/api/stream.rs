@@ -79,11 +79,14 @@ pub const READ_BYTES: usize = 1 << 20;
 /// Records read from the store at once, at most.
 const READ_RECORDS: usize = 2000;
 
-/// The writing end of a streamed body: text is buffered into chunks of about
-/// [`CHUNK`] bytes, at most [`DEPTH`] of them wait for the connection.
+/// The writing end of a streamed body: text is cut into chunks of exactly
+/// [`CHUNK`] bytes (the last one shorter), at most [`DEPTH`] of them wait
+/// for the connection. Equal chunks are reused by the allocator, where
+/// buffers of every size would scatter the heap.
 pub struct Chunks {
     tx: async_channel::Sender<Vec<u8>>,
     buf: Vec<u8>,
+    full: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Chunks {
@@ -95,30 +98,48 @@ impl Chunks {
             Chunks {
                 tx,
                 buf: Vec::with_capacity(CHUNK),
+                full: std::collections::VecDeque::new(),
             },
             body,
         )
     }
 
     pub fn push(&mut self, s: &str) {
-        self.buf.extend_from_slice(s.as_bytes());
+        let mut b = s.as_bytes();
+        while !b.is_empty() {
+            let n = (CHUNK - self.buf.len()).min(b.len());
+            self.buf.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.buf.len() == CHUNK {
+                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+                self.full.push_back(chunk);
+            }
+        }
     }
 
-    /// Sends the buffer once it is a chunk; false once the client went away.
+    /// Sends the full chunks; false once the client went away.
     pub async fn flush_full(&mut self) -> bool {
-        if self.buf.len() < CHUNK {
-            return true;
+        while let Some(chunk) = self.full.pop_front() {
+            if self.tx.send(chunk).await.is_err() {
+                return false;
+            }
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx.send(chunk).await.is_ok()
+        true
     }
 
     /// Sends what is left; the body ends when `self` is dropped.
     pub async fn finish(mut self) {
-        if !self.buf.is_empty() {
+        if self.flush_full().await && !self.buf.is_empty() {
             let chunk = std::mem::take(&mut self.buf);
             let _ = self.tx.send(chunk).await;
         }
+    }
+}
+
+impl std::fmt::Write for Chunks {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s);
+        Ok(())
     }
 }
 

@@ -1,19 +1,33 @@
-//! Rendering logs for people: HTML-escaping first, then ANSI colours to
-//! markup, so log text can never become markup of its own.
+//! Rendering logs for people: text is HTML-escaped and ANSI colours become
+//! our own markup, so log text can never become markup of its own. Written
+//! into any `fmt::Write`, so a page can be streamed without copies.
+
+use std::fmt::Write;
+
+/// Escapes the five HTML-significant characters of `s` into `out`.
+pub fn escape_into(out: &mut impl Write, s: &str) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\'' => "&#39;",
+            _ => continue,
+        };
+        // ASCII bytes never sit inside a multi-byte character: `i` is a boundary.
+        let _ = out.write_str(&s[start..i]);
+        let _ = out.write_str(rep);
+        start = i + 1;
+    }
+    let _ = out.write_str(&s[start..]);
+}
 
 /// Escapes the five HTML-significant characters.
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    escape_into(&mut out, s);
     out
 }
 
@@ -31,15 +45,15 @@ fn colour(code: u32) -> Option<&'static str> {
     })
 }
 
-/// Escapes `s`, then turns SGR colour sequences (`ESC[31m`, `ESC[1;32m`,
-/// `ESC[0m`) into spans; other escape sequences are dropped.
-pub fn ansi_to_html(s: &str) -> String {
-    let escaped = html_escape(s);
-    let mut out = String::with_capacity(escaped.len());
+/// Writes `s` escaped into `out`, with SGR colour sequences (`ESC[31m`,
+/// `ESC[1;32m`, `ESC[0m`) turned into spans; other escape sequences are
+/// dropped. The text between sequences is escaped, the spans are ours, so
+/// log text can never become markup. One pass, no copy of `s`.
+pub fn ansi_into(out: &mut impl Write, s: &str) {
     let mut open = 0usize;
-    let mut rest = escaped.as_str();
+    let mut rest = s;
     while let Some(i) = rest.find('\u{1b}') {
-        out.push_str(&rest[..i]);
+        escape_into(out, &rest[..i]);
         rest = &rest[i + 1..];
         if !rest.starts_with('[') {
             continue;
@@ -59,22 +73,28 @@ pub fn ansi_to_html(s: &str) -> String {
             let code: u32 = p.parse().unwrap_or(0);
             if code == 0 {
                 while open > 0 {
-                    out.push_str("</span>");
+                    let _ = out.write_str("</span>");
                     open -= 1;
                 }
             } else if code == 1 {
-                out.push_str("<span style=\"font-weight:bold\">");
+                let _ = out.write_str("<span style=\"font-weight:bold\">");
                 open += 1;
             } else if let Some(c) = colour(code) {
-                out.push_str(&format!("<span style=\"color:{c}\">"));
+                let _ = write!(out, "<span style=\"color:{c}\">");
                 open += 1;
             }
         }
     }
-    out.push_str(rest);
+    escape_into(out, rest);
     for _ in 0..open {
-        out.push_str("</span>");
+        let _ = out.write_str("</span>");
     }
+}
+
+/// [`ansi_into`] into a new string.
+pub fn ansi_to_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    ansi_into(&mut out, s);
     out
 }
 
@@ -82,7 +102,8 @@ pub fn ansi_to_html(s: &str) -> String {
 /// [`page::head`], one [`page::record`] per record, then [`page::tail`],
 /// whose script follows the SSE stream for records that come later.
 pub mod page {
-    use super::{ansi_to_html, html_escape};
+    use super::{ansi_into, escape_into, html_escape};
+    use std::fmt::Write;
 
     /// Everything before the first record. `title` is escaped here.
     pub fn head(title: &str, completed: bool) -> String {
@@ -97,13 +118,20 @@ pub mod page {
         )
     }
 
-    /// One record: its line escaped, then coloured.
-    pub fn record(out: &mut String, stream: &str, line: &str) {
-        out.push_str("<div class=\"");
-        out.push_str(&html_escape(stream));
-        out.push_str("\">");
-        out.push_str(&ansi_to_html(line));
-        out.push_str("</div>");
+    /// One record, `[node] text` (the node left out when empty): escaped,
+    /// then coloured, written straight into `out`.
+    pub fn record(out: &mut impl Write, stream: &str, node: &str, text: &str) {
+        let _ = out.write_str("<div class=\"");
+        escape_into(out, stream);
+        let _ = out.write_str("\">");
+        if !node.is_empty() {
+            // Node names hold no control characters: no sequence starts here.
+            let _ = out.write_str("[");
+            escape_into(out, node);
+            let _ = out.write_str("] ");
+        }
+        ansi_into(out, text);
+        let _ = out.write_str("</div>");
     }
 
     /// Everything after the last record; `sse_url` (escaped here) continues
@@ -168,10 +196,16 @@ mod tests {
     #[test]
     fn page_in_parts() {
         let mut body = String::new();
-        page::record(&mut body, "stderr\"x", "<b>\u{1b}[32mok\u{1b}[0m");
+        page::record(&mut body, "stderr\"x", "", "<b>\u{1b}[32mok\u{1b}[0m");
         assert_eq!(
             body,
             "<div class=\"stderr&quot;x\">&lt;b&gt;<span style=\"color:#5c5\">ok</span></div>"
+        );
+        body.clear();
+        page::record(&mut body, "stdout", "n<1>", "\u{1b}[1mé'");
+        assert_eq!(
+            body,
+            "<div class=\"stdout\">[n&lt;1&gt;] <span style=\"font-weight:bold\">é&#39;</span></div>"
         );
         let head = page::head("log <1>", false);
         assert!(head.contains("<title>log &lt;1&gt;</title>"));
