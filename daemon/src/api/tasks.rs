@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::engine::NewTask;
-use crate::logs::{parse_key, KeyKind};
+use super::stream::{Chunks, LogPages};
+use crate::logs::{page, parse_key, KeyKind};
 use crate::model::{Subtask, Task};
 use crate::store::TaskFilter;
 
@@ -373,38 +374,39 @@ async fn step_log_inner(req: Req, browser: bool) -> Result<tide::Response> {
         .unwrap_or_else(|| if browser { "html" } else { "text" }.into());
     match format.as_str() {
         "text" => {
-            // Streamed page by page: a long log never sits in memory whole.
-            let (tx, rx) = async_channel::bounded::<Vec<u8>>(super::stream::DEPTH);
-            let app2 = app.clone();
+            let (t2, s2) = (task.clone(), sub.clone());
+            let upto = log_end(&app, &key, t2, s2).await?.0;
+            let (mut out, body) = Chunks::new();
             async_std::task::spawn(async move {
-                let mut offset = 0;
+                // Written as it is read: a long log never sits in memory whole.
+                let mut pages = LogPages::new(key.clone(), 0, upto);
                 loop {
-                    let k = key.clone();
-                    let page = match run(&app2, move |app| app.store.logs(&k, offset, 2000)).await {
+                    let page = match pages.next(&app, usize::MAX).await {
+                        Ok(p) if p.is_empty() => break,
                         Ok(p) => p,
                         Err(e) => {
                             log::error!("reading log {key}: {e}");
                             return;
                         }
                     };
-                    let Some(last) = page.last() else { return };
-                    offset = last.0;
-                    let mut chunk = String::new();
                     for (_, r) in &page {
-                        chunk.push_str(&record_line(r));
-                        chunk.push('\n');
-                    }
-                    if tx.send(chunk.into_bytes()).await.is_err() {
-                        return; // the client went away
+                        if !r.node.is_empty() {
+                            out.push("[");
+                            out.push(&r.node);
+                            out.push("] ");
+                        }
+                        out.push(&r.text);
+                        out.push("\n");
+                        if !out.flush_full().await {
+                            return; // the client went away
+                        }
                     }
                 }
+                out.finish().await;
             });
             let mut r = tide::Response::new(200);
             r.set_content_type(mime::PLAIN);
-            r.set_body(tide::Body::from_reader(
-                super::stream::ChunkReader::new(rx),
-                None,
-            ));
+            r.set_body(body);
             Ok(r)
         }
         "json" => {
@@ -421,60 +423,105 @@ async fn step_log_inner(req: Req, browser: bool) -> Result<tide::Response> {
                     _ => return Err(Error::Bad("max: must be 1 to 10000".into())),
                 },
             };
-            let k = key.clone();
             let (t2, s2) = (task.clone(), sub.clone());
-            let (page, completed) = run(&app, move |app| {
-                // Read completion first: records written before the end are then all visible.
-                let done = log_completed(app, &t2, s2.as_ref())?;
-                Ok((app.store.logs(&k, offset, max)?, done))
-            })
-            .await?;
-            let next = page.last().map(|(s, _)| *s).unwrap_or(offset);
-            let complete = completed && page.len() < max;
-            let records: Vec<Value> = page.iter().map(|(s, r)| record_json(*s, r)).collect();
+            // Read completion first: records written before the end are then all visible.
+            let completed = run(&app, move |app| log_completed(app, &t2, s2.as_ref())).await?;
+            // At most `max` records and about JSON_PAGE_BYTES of their text
+            // (always one record, however large).
+            let mut pages = LogPages::new(key, offset, u64::MAX);
+            let mut records = Vec::new();
+            let (mut bytes, mut cut) = (0usize, false);
+            'read: loop {
+                let page = pages.next(&app, max - records.len()).await?;
+                for (seq, r) in &page {
+                    let n = super::stream::record_bytes(r);
+                    if !records.is_empty() && bytes + n > JSON_PAGE_BYTES {
+                        cut = true;
+                        break 'read;
+                    }
+                    bytes += n;
+                    records.push(record_json(*seq, r));
+                    pages.offset = *seq;
+                    if records.len() == max {
+                        cut = true;
+                        break 'read;
+                    }
+                }
+                if page.is_empty() || pages.ended() {
+                    break;
+                }
+            }
+            let next = pages.offset;
+            let complete = completed && !cut;
             Ok(render(Ok(Reply::Data(
                 json!({"records": records, "next_offset": next, "completed": complete}),
             ))))
         }
         "sse" => Ok(sse(req, app, key, task, sub)),
         "html" => {
-            let k = key.clone();
             let (t2, s2) = (task.clone(), sub.clone());
-            let (page, completed) = run(&app, move |app| {
-                let done = log_completed(app, &t2, s2.as_ref())?;
-                Ok((app.store.logs(&k, 0, 100_000)?, done))
-            })
-            .await?;
-            let last = page.last().map(|(s, _)| *s).unwrap_or(0);
-            let body: String = page
-                .iter()
-                .map(|(_, r)| {
-                    format!(
-                        "<div class=\"{}\">{}</div>",
-                        crate::logs::html_escape(&r.stream),
-                        crate::logs::ansi_to_html(&record_line(r))
-                    )
-                })
-                .collect();
+            let (upto, completed) = log_end(&app, &key, t2, s2).await?;
             let slave = percent_encoding::utf8_percent_encode(
                 &app.slave,
                 percent_encoding::NON_ALPHANUMERIC,
-            );
-            let sse_url = format!("/slave/{slave}/log/{key}?format=sse&offset={last}");
+            )
+            .to_string();
+            let (mut out, body) = Chunks::new();
+            async_std::task::spawn(async move {
+                // Written as it is read: a long log never sits in memory whole.
+                out.push(&page::head(&format!("jobx log {key}"), completed));
+                let mut pages = LogPages::new(key.clone(), 0, upto);
+                loop {
+                    let batch = match pages.next(&app, usize::MAX).await {
+                        Ok(p) if p.is_empty() => break,
+                        Ok(p) => p,
+                        Err(e) => {
+                            log::error!("reading log {key}: {e}");
+                            return;
+                        }
+                    };
+                    for (_, r) in &batch {
+                        page::record(&mut out, &r.stream, &r.node, &r.text);
+                        if !out.flush_full().await {
+                            return; // the client went away
+                        }
+                    }
+                }
+                // Records after the last one shown come over SSE.
+                let last = pages.offset;
+                let sse_url = format!("/slave/{slave}/log/{key}?format=sse&offset={last}");
+                out.push(&page::tail(&sse_url, completed));
+                out.finish().await;
+            });
             let mut r = tide::Response::new(200);
             r.set_content_type(mime::HTML);
-            r.set_body(crate::logs::page(
-                &format!("jobx log {key}"),
-                &body,
-                &sse_url,
-                completed,
-            ));
+            r.set_body(body);
             Ok(r)
         }
         other => Err(Error::Bad(format!(
             "format: {other:?} is not text, json, sse or html"
         ))),
     }
+}
+
+/// Record text a JSON page holds at most (one record always).
+const JSON_PAGE_BYTES: usize = 1 << 20;
+
+/// Where a streamed view of a log ends: the last record stored now, and
+/// whether the key's work has ended (read first, so that every record
+/// written before the end is then visible).
+async fn log_end(
+    app: &Arc<App>,
+    key: &str,
+    task: Task,
+    sub: Option<Subtask>,
+) -> Result<(u64, bool)> {
+    let k = key.to_string();
+    run(app, move |app| {
+        let done = log_completed(app, &task, sub.as_ref())?;
+        Ok((app.store.last_log_seq(&k)?, done))
+    })
+    .await
 }
 
 /// Server-Sent Events: every record as JSON (so embedded newlines are safe),
@@ -487,30 +534,29 @@ fn sse(req: Req, app: Arc<App>, key: String, task: Task, sub: Option<Subtask>) -
     tide::sse::upgrade(req, move |_req, sender| {
         let (app, key, task, sub) = (app.clone(), key.clone(), task.clone(), sub.clone());
         async move {
-            let mut offset = start;
+            let mut pages = LogPages::new(key.clone(), start, u64::MAX);
             loop {
                 let listener = app.engine.logs.listen();
-                let (k, t2, s2) = (key.clone(), task.clone(), sub.clone());
-                let (page, done) = run(&app, move |app| {
-                    let done = log_completed(app, &t2, s2.as_ref())?;
-                    Ok((app.store.logs(&k, offset, 1000)?, done))
-                })
-                .await
-                .map_err(|e| tide::Error::from_str(500, e.to_string()))?;
-                let full = page.len() >= 1000;
+                let (t2, s2) = (task.clone(), sub.clone());
+                let to_500 = |e: Error| tide::Error::from_str(500, e.to_string());
+                let done = run(&app, move |app| log_completed(app, &t2, s2.as_ref()))
+                    .await
+                    .map_err(to_500)?;
+                // Byte-bounded reads; `more` when one was cut short.
+                let page = pages.next(&app, usize::MAX).await.map_err(to_500)?;
+                let more = !pages.ended();
                 for (seq, r) in &page {
                     let mut v = record_json(*seq, r);
                     v["html"] = Value::String(crate::logs::ansi_to_html(&record_line(r)));
                     sender
                         .send("message", v.to_string(), Some(&seq.to_string()))
                         .await?;
-                    offset = *seq;
                 }
-                if done && !full {
+                if done && !more {
                     sender.send("end", "{}", None).await?;
                     return Ok(());
                 }
-                if !full {
+                if !more {
                     // Wake on the next commit, or every 15 s to notice an end without new records.
                     listener
                         .or(async {
