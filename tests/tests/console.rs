@@ -27,6 +27,7 @@ fn ui(d: &Daemon, route: &str) -> String {
 fn sign_in(b: &Browser, d: &Daemon, token: &str, name: &str) {
     b.goto(&format!("{}/ui/login", d.base));
     b.type_into(&By::css("#token"), token);
+    b.screenshot(&format!("login-{name}"));
     b.click(&By::button("Sign in"));
     b.wait_text(&By::css("#user"), SEE, name, |t| t.trim() == name);
     assert!(!b.url().contains(token), "the token is in the URL");
