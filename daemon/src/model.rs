@@ -196,6 +196,7 @@ macro_rules! wire_enum {
 
         impl $name {
             /// Every variant, in declaration order.
+            #[allow(dead_code)] // listed whole for some sets only
             pub const ALL: &'static [$name] = &[$($name::$var),+];
 
             pub fn as_str(self) -> &'static str {
@@ -384,11 +385,6 @@ impl<'de> Deserialize<'de> for Confirm {
     }
 }
 
-/// A task status after which nothing runs any more.
-pub fn is_final(status: &str) -> bool {
-    matches!(status, "success" | "fail" | "refuse")
-}
-
 /// One execution of a job over a group (a deploy, or a rollback partner).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Task {
@@ -401,7 +397,7 @@ pub struct Task {
     pub group: String,
     pub user: String,
     pub slave: String,
-    pub status: String,
+    pub status: TaskStatus,
     pub created_ms: i64,
     pub start_ms: Option<i64>,
     pub finish_ms: Option<i64>,
@@ -428,7 +424,7 @@ pub struct Task {
 
 impl Task {
     pub fn is_finished(&self) -> bool {
-        is_final(&self.status)
+        self.status.is_final()
     }
 
     pub fn runtime(&self) -> Option<String> {
@@ -499,7 +495,7 @@ pub struct TaskSummary {
     pub uuid: String,
     #[serde(default)]
     pub decision: Decision,
-    pub status: String,
+    pub status: TaskStatus,
     pub created_ms: i64,
     pub start_ms: Option<i64>,
     pub finish_ms: Option<i64>,
@@ -507,7 +503,7 @@ pub struct TaskSummary {
 
 impl TaskSummary {
     pub fn is_finished(&self) -> bool {
-        is_final(&self.status)
+        self.status.is_final()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Task statistics (pure): per-day and per-hour counts and the runtime
 //! distribution of `GET /task/:projectid/analysis/*`.
 
-use crate::model::TaskSummary;
+use crate::model::{TaskStatus, TaskSummary};
 use std::collections::BTreeMap;
 
 /// Runtime buckets in minutes: [lower, upper) with the label the API uses.
@@ -20,7 +20,7 @@ pub fn by_date(tasks: &[TaskSummary], date_of: impl Fn(i64) -> String) -> Vec<(S
     for t in tasks {
         let e = m.entry(date_of(t.created_ms)).or_default();
         e.0 += 1;
-        if t.status == "success" {
+        if t.status == TaskStatus::Success {
             e.1 += 1;
         }
     }

@@ -765,7 +765,7 @@ mod tests {
             group: "g".into(),
             user: "u".into(),
             slave: "s".into(),
-            status: "running".into(),
+            status: crate::model::TaskStatus::Running,
             created_ms: 0,
             start_ms: None,
             finish_ms: None,

@@ -4,7 +4,7 @@
 
 use super::openc3_auth::{authorize_on, Connector, CookieSignIn};
 use super::*;
-use crate::model::{Action, Decision, Task};
+use crate::model::{Action, Decision, Task, TaskStatus};
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/group/:projectid/:name/node/byname")
@@ -132,7 +132,7 @@ pub fn placeholder(d: &Task) -> Option<Value> {
         "group": "_null_",
         "user": user,
         "slave": "_null_",
-        "status": "success",
+        "status": TaskStatus::Success,
         "starttime": null,
         "finishtime": null,
         "starttimems": null,
@@ -143,7 +143,7 @@ pub fn placeholder(d: &Task) -> Option<Value> {
         "variable": text,
         "variables": object,
         "waiting": null,
-        "action": "rollback",
+        "action": Action::Rollback,
     }))
 }
 
@@ -313,7 +313,7 @@ async fn total_count(req: Req) -> Result<Reply> {
         app.store.status_counts_between(pid, from, to)
     })
     .await?;
-    for s in ["success", "running", "fail"] {
+    for s in [TaskStatus::Success, TaskStatus::Running, TaskStatus::Fail] {
         counts.entry(s.to_string()).or_insert(0);
     }
     Ok(Reply::Data(json!(counts)))
@@ -394,7 +394,7 @@ async fn flowline_version(req: Req) -> Result<Reply> {
         app.store.visit_tasks_named(&name, |t| {
             let online = t.vars.get("_jobtype_").map(String::as_str) == Some("online");
             let version = t.vars.get("version").is_some_and(|v| !v.is_empty());
-            if t.status == "success" && online && version {
+            if t.status == TaskStatus::Success && online && version {
                 // Ids grow: a later one within the project replaces the earlier.
                 per_project.insert(t.projectid, t);
             }
@@ -495,8 +495,8 @@ async fn monitor_metrics(req: Req) -> Result<Reply> {
         ("jobx", "ok", "jobx_store_bytes".into(), size),
         ("jobx", "ok", "jobx_batches_waiting_confirm".into(), waiting),
     ];
-    for s in ["init", "running", "success", "fail", "refuse"] {
-        rows.push(("jobx", "ok", format!("jobx_tasks_{s}"), count(s)));
+    for s in TaskStatus::ALL {
+        rows.push(("jobx", "ok", format!("jobx_tasks_{s}"), count(s.as_str())));
     }
     let errors = rows.iter().filter(|r| r.1 != "ok").count() as u64;
     let stat = if errors > 0 { "err" } else { "ok" };

@@ -4,7 +4,7 @@ use super::*;
 use crate::engine::NewTask;
 use super::stream::{Chunks, LogPages};
 use crate::logs::{page, parse_key, KeyKind};
-use crate::model::{Subtask, Task};
+use crate::model::{Subtask, Task, TaskStatus};
 use crate::store::TaskFilter;
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
@@ -114,16 +114,17 @@ async fn task_list(req: Req) -> Result<Reply> {
                 .map_err(|_| Error::Bad("before_id: must be a task id".into()))?,
         ),
     };
-    let status = q.get("status").filter(|s| !s.is_empty()).cloned();
-    if let Some(s) = &status {
-        if !["init", "running", "success", "fail", "refuse", "waiting"].contains(&s.as_str()) {
-            return Err(Error::Bad(format!(
+    let status = q.get("status").filter(|s| !s.is_empty());
+    // `waiting` is derived (what the task waits for), not a stored status.
+    let waiting = status.is_some_and(|s| s == "waiting");
+    let status = match status.filter(|_| !waiting) {
+        None => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            Error::Bad(format!(
                 "status: {s:?} is not init, running, success, fail, refuse or waiting"
-            )));
-        }
-    }
-    let waiting = status.as_deref() == Some("waiting");
-    let status = status.filter(|_| !waiting);
+            ))
+        })?),
+    };
     let f = TaskFilter {
         name: q.get("name").filter(|s| !s.is_empty()).cloned(),
         user: q.get("user").filter(|s| !s.is_empty()).cloned(),
@@ -157,12 +158,13 @@ async fn task_count(req: Req) -> Result<Reply> {
             .tasks_between::<crate::model::TaskSummary>(pid, crate::clock::month_start(now), i64::MAX)
     })
     .await?;
-    let mut counts: BTreeMap<String, u64> = ["success", "running", "fail"]
-        .iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
+    let mut counts: BTreeMap<String, u64> =
+        [TaskStatus::Success, TaskStatus::Running, TaskStatus::Fail]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
     for t in &tasks {
-        *counts.entry(t.status.clone()).or_default() += 1;
+        *counts.entry(t.status.to_string()).or_default() += 1;
     }
     Ok(Reply::Data(json!(counts)))
 }

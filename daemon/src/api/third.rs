@@ -4,7 +4,7 @@
 use super::tasks::{run, variable_of};
 use super::*;
 use crate::engine::{plan, state, NewTask};
-use crate::model::{Decision, Subtask, Task};
+use crate::model::{Decision, Subtask, Task, TaskStatus};
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/third/option/groupname").post(h(groupnames));
@@ -159,7 +159,7 @@ fn query_state(deploy: &Task, dsubs: &[Subtask], rollback: Option<(&Task, &[Subt
     let status = if !task.is_finished() || (ty == "deploy" && deploy.decision == Decision::Pending)
     {
         "running"
-    } else if task.status == "success" {
+    } else if task.status == TaskStatus::Success {
         "complete"
     } else {
         "fail"

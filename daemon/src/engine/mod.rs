@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::logs::{Keys, LogWriter};
 use crate::model::{
     Action, ApprovalStatus, BatchStatus, Confirm, Decision, Group, Node, Opinion, Subtask, Task,
+    TaskStatus,
 };
 use crate::store::Store;
 use event_listener::Event;
@@ -186,7 +187,7 @@ impl Engine {
             group: label,
             user: who.name.clone(),
             slave: self.slave.clone(),
-            status: "init".into(),
+            status: TaskStatus::Init,
             created_ms: now,
             start_ms: None,
             finish_ms: None,
@@ -635,7 +636,7 @@ pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
             d.uuid
         )));
     }
-    if d.status == "refuse" {
+    if d.status == TaskStatus::Refuse {
         return Err(Error::Conflict(format!(
             "deploy {} was refused; it cannot be rolled back",
             d.uuid
@@ -690,7 +691,7 @@ fn rollback_task(d: &Task, subs: &[Subtask], uuid: &str, who: &Principal) -> (Ta
         group: d.group.clone(),
         user: who.name.clone(),
         slave: d.slave.clone(),
-        status: "init".into(),
+        status: TaskStatus::Init,
         created_ms: crate::clock::now_ms(),
         start_ms: None,
         finish_ms: None,

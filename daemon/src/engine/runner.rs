@@ -7,7 +7,9 @@ use super::state::{self, RunEnd, SettleCtx};
 use super::{lock, plan, Engine};
 use crate::error::Result;
 use crate::logs::Keys;
-use crate::model::{Approval, ApprovalStatus, BatchStatus, Decision, Opinion, Step, Subtask, Task};
+use crate::model::{
+    Approval, ApprovalStatus, BatchStatus, Decision, Opinion, Step, Subtask, Task, TaskStatus,
+};
 use crate::notify::Kind;
 use crate::policy::{NodeOutcome, Verdict};
 use event_listener::Event;
@@ -57,8 +59,8 @@ async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
     blocking(e, move |e| {
         e.store.tx(|tx| {
             if let Some(mut t) = tx.task(&id)? {
-                if t.status == "init" {
-                    t.status = "running".into();
+                if t.status == TaskStatus::Init {
+                    t.status = TaskStatus::Running;
                     t.start_ms = Some(crate::clock::now_ms());
                     tx.put_task(&t)?;
                 }
@@ -198,7 +200,7 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
         for &i in &end.changed {
             tx.put_subtask(&subs[i])?;
         }
-        t.status = end.status.to_string();
+        t.status = end.status;
         t.finish_ms = Some(now);
         t.reason = end.reason;
         t.decision = end.decision;

@@ -13,7 +13,7 @@ pub struct NamedTask {
     pub projectid: u64,
     pub uuid: String,
     pub name: String,
-    pub status: String,
+    pub status: crate::model::TaskStatus,
     pub finish_ms: Option<i64>,
     /// Normalised variables (name → text).
     #[serde(default)]
@@ -61,7 +61,7 @@ impl Store {
     ) -> Result<BTreeMap<String, u64>> {
         #[derive(Deserialize)]
         struct Status {
-            status: String,
+            status: crate::model::TaskStatus,
         }
         self.read(|tx| {
             let idx = tx.open_table(TASK_TIME)?;
@@ -69,7 +69,7 @@ impl Store {
             let mut out = BTreeMap::new();
             for row in idx.range((project, from, 0)..(project, to, 0))? {
                 if let Some(t) = get_json::<_, Status>(&tasks, row?.1.value())? {
-                    *out.entry(t.status).or_insert(0) += 1;
+                    *out.entry(t.status.to_string()).or_insert(0) += 1;
                 }
             }
             Ok(out)

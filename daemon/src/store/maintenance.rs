@@ -556,7 +556,7 @@ mod tests {
         drop(s);
         let r = Store::open(&copy_dir).expect("the copy opens as a store");
         assert_eq!(
-            r.task(OLD).expect("read").map(|t| t.status),
+            r.task(OLD).expect("read").map(|t| t.status.to_string()),
             Some("running".into())
         );
         assert_eq!(count(&r, OLD), 50_001);

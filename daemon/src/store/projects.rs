@@ -33,7 +33,7 @@ pub struct ProjectSummary {
 #[derive(serde::Deserialize)]
 struct Brief {
     projectid: u64,
-    status: String,
+    status: crate::model::TaskStatus,
     #[serde(default)]
     decision: crate::model::Decision,
 }
@@ -122,10 +122,13 @@ impl Store {
                         continue;
                     };
                     let p = out.entry(pid).or_default();
-                    if matches!(t.status.as_str(), "fail" | "refuse") {
+                    if matches!(
+                        t.status,
+                        crate::model::TaskStatus::Fail | crate::model::TaskStatus::Refuse
+                    ) {
                         p.failed += 1;
                     }
-                    if crate::model::is_final(&t.status) && t.decision == crate::model::Decision::Pending {
+                    if t.status.is_final() && t.decision == crate::model::Decision::Pending {
                         p.waiting += 1;
                     }
                 }

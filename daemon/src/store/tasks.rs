@@ -6,7 +6,7 @@
 //! subtasks by (task, position), and pending approvals by project.
 
 use super::*;
-use crate::model::{Approval, LogRecord, Subtask, Task};
+use crate::model::{Approval, LogRecord, Subtask, Task, TaskStatus};
 
 pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 pub(super) const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
@@ -86,9 +86,9 @@ impl Tx<'_> {
 
     pub fn put_task(&self, t: &Task) -> Result<()> {
         let old = self.task(&t.uuid)?.map(|o| o.status);
-        if old.as_deref() != Some(t.status.as_str()) {
+        if old != Some(t.status) {
             let mut counts = self.0.open_table(STATUS_COUNT)?;
-            if let Some(o) = &old {
+            if let Some(o) = old {
                 let n = counts.get(o.as_str())?.map(|v| v.value()).unwrap_or(0);
                 counts.insert(o.as_str(), n.saturating_sub(1))?;
             }
@@ -185,7 +185,7 @@ impl Tx<'_> {
 pub struct TaskFilter {
     pub name: Option<String>,
     pub user: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<TaskStatus>,
     pub taskuuid: Option<String>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
@@ -199,7 +199,7 @@ impl TaskFilter {
             .as_ref()
             .is_none_or(|n| t.name.contains(n.as_str()))
             && self.user.as_ref().is_none_or(|u| &t.user == u)
-            && self.status.as_ref().is_none_or(|s| &t.status == s)
+            && self.status.is_none_or(|s| t.status == s)
             && self.taskuuid.as_ref().is_none_or(|u| &t.uuid == u)
             && self.from_ms.is_none_or(|f| t.created_ms >= f)
             && self.to_ms.is_none_or(|e| t.created_ms < e)
