@@ -4,7 +4,7 @@ use super::*;
 use crate::engine::NewTask;
 use super::stream::{Chunks, LogPages};
 use crate::logs::{page, parse_key, KeyKind};
-use crate::model::{Subtask, Task, TaskStatus};
+use crate::model::{Opinion, Subtask, Task, TaskStatus};
 use crate::store::TaskFilter;
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
@@ -260,18 +260,13 @@ async fn approval_decide(mut req: Req) -> Result<Reply> {
     let uuid = param(&req, "uuid")?.to_string();
     let b = body(&mut req).await?;
     known_fields(&b, &["opinion"], "")?;
-    let agree = match opt_str(&b, "opinion")?.as_deref() {
-        Some("agree") => true,
-        Some("refuse") => false,
-        Some(other) => {
-            return Err(Error::Bad(format!(
-                "opinion: {other:?} is not agree or refuse"
-            )))
-        }
+    let opinion = match opt_str(&b, "opinion")? {
+        Some(o) => Opinion::parse(&o)
+            .ok_or_else(|| Error::Bad(format!("opinion: {o:?} is not agree or refuse")))?,
         None => return Err(Error::Bad("opinion: missing (agree or refuse)".into())),
     };
     run(req.state(), move |app| {
-        app.engine.decide(pid, &uuid, &who, agree)
+        app.engine.decide(pid, &uuid, &who, opinion)
     })
     .await?;
     Ok(Reply::Data(Value::Bool(true)))

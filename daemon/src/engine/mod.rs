@@ -422,7 +422,13 @@ impl Engine {
     }
 
     /// An approver's opinion on a pending approval.
-    pub fn decide(&self, project: u64, uuid: &str, who: &Principal, agree: bool) -> Result<()> {
+    pub fn decide(
+        &self,
+        project: u64,
+        uuid: &str,
+        who: &Principal,
+        opinion: Opinion,
+    ) -> Result<()> {
         if !crate::ids::is_uuid(uuid) {
             return Err(Error::Bad(format!(
                 "uuid: {uuid:?} is not an approval uuid"
@@ -449,11 +455,6 @@ impl Engine {
                     a.status
                 )));
             }
-            let opinion = if agree {
-                Opinion::Agree
-            } else {
-                Opinion::Refuse
-            };
             a.opinions.insert(who.name.clone(), opinion);
             a.status = state::approval_status(&a);
             tx.put_approval(&a)?;
@@ -466,7 +467,10 @@ impl Engine {
             Ok((a.taskuuid, a.subtaskuuid))
         })?;
         let (task, sub) = task;
-        let what = if agree { "agreed" } else { "refused" };
+        let what = match opinion {
+            Opinion::Agree => "agreed",
+            Opinion::Refuse => "refused",
+        };
         self.logs.append(
             &Keys::batch(&task, &sub),
             "",
