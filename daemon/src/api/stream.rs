@@ -18,6 +18,8 @@ pub struct ChunkReader {
     rx: Pin<Box<async_channel::Receiver<Vec<u8>>>>,
     buf: Vec<u8>,
     pos: usize,
+    /// Spent chunks go back to the writer to be filled again.
+    back: Option<async_channel::Sender<Vec<u8>>>,
 }
 
 impl ChunkReader {
@@ -26,6 +28,7 @@ impl ChunkReader {
             rx: Box::pin(rx),
             buf: Vec::new(),
             pos: 0,
+            back: None,
         }
     }
 }
@@ -36,8 +39,12 @@ impl AsyncBufRead for ChunkReader {
         while this.pos >= this.buf.len() {
             match this.rx.as_mut().poll_next(cx) {
                 Poll::Ready(Some(chunk)) => {
-                    this.buf = chunk;
+                    let mut spent = std::mem::replace(&mut this.buf, chunk);
                     this.pos = 0;
+                    if let Some(back) = &this.back {
+                        spent.clear();
+                        let _ = back.try_send(spent);
+                    }
                 }
                 // The producer finished (or gave up): end of body.
                 Poll::Ready(None) => return Poll::Ready(Ok(&[])),
@@ -74,8 +81,9 @@ impl AsyncRead for ChunkReader {
 /// A chunk is sent once this much is buffered.
 pub const CHUNK: usize = 64 * 1024;
 /// Text of the log records read from the store at once (about; a read takes
-/// at least one record).
-pub const READ_BYTES: usize = 1 << 20;
+/// at least one record). Small reads keep what a stream holds, and what it
+/// leaves to the allocator, small.
+pub const READ_BYTES: usize = 256 << 10;
 /// Records read from the store at once, at most.
 const READ_RECORDS: usize = 2000;
 
@@ -87,21 +95,35 @@ pub struct Chunks {
     tx: async_channel::Sender<Vec<u8>>,
     buf: Vec<u8>,
     full: std::collections::VecDeque<Vec<u8>>,
+    /// Chunks the connection has sent, to be filled again: a stream uses a
+    /// handful of buffers however long it is, instead of one per chunk.
+    spare: async_channel::Receiver<Vec<u8>>,
 }
 
 impl Chunks {
     /// The writer and the response body it feeds.
     pub fn new() -> (Chunks, tide::Body) {
         let (tx, rx) = async_channel::bounded::<Vec<u8>>(DEPTH);
-        let body = tide::Body::from_reader(ChunkReader::new(rx), None);
+        let (back, spare) = async_channel::bounded::<Vec<u8>>(DEPTH + 2);
+        let mut reader = ChunkReader::new(rx);
+        reader.back = Some(back);
+        let body = tide::Body::from_reader(reader, None);
         (
             Chunks {
                 tx,
                 buf: Vec::with_capacity(CHUNK),
                 full: std::collections::VecDeque::new(),
+                spare,
             },
             body,
         )
+    }
+
+    fn fresh(&self) -> Vec<u8> {
+        match self.spare.try_recv() {
+            Ok(v) if v.capacity() >= CHUNK => v,
+            _ => Vec::with_capacity(CHUNK),
+        }
     }
 
     pub fn push(&mut self, s: &str) {
@@ -111,7 +133,8 @@ impl Chunks {
             self.buf.extend_from_slice(&b[..n]);
             b = &b[n..];
             if self.buf.len() == CHUNK {
-                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+                let next = self.fresh();
+                let chunk = std::mem::replace(&mut self.buf, next);
                 self.full.push_back(chunk);
             }
         }
@@ -217,7 +240,7 @@ mod tests {
     fn reads_shrink_with_record_size() {
         assert_eq!(next_read(100), READ_RECORDS);
         assert_eq!(next_read(1000), READ_BYTES / 1000);
-        assert_eq!(next_read(32 * 1024 + 40), 31);
+        assert_eq!(next_read(32 * 1024 + 40), READ_BYTES / (32 * 1024 + 40));
         assert_eq!(next_read(10 << 20), 1);
         assert_eq!(next_read(0), READ_RECORDS);
         assert_eq!(next_read(1), READ_RECORDS);
