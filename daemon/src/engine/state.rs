@@ -257,7 +257,14 @@ mod tests {
         let pass = RunEnd::Passed { gate: false };
         let gate = RunEnd::Passed { gate: true };
         // (confirm during the run, outcome, context, status, confirm after)
-        let cases: [(Option<Confirm>, RunEnd, SettleCtx, &str, Option<&str>); 12] = [
+        type Case = (
+            Option<Confirm>,
+            RunEnd,
+            SettleCtx,
+            &'static str,
+            Option<&'static str>,
+        );
+        let cases: [Case; 12] = [
             (None, pass, ctx(false, false, false), "success", Some("")),
             (
                 c("retried by a"),
@@ -534,7 +541,14 @@ mod tests {
 
     #[test]
     fn approval_table() {
-        let cases: [(&[&str], bool, &[(&str, &str)], &str); 9] = [
+        // (approvers, everyone, opinions, status)
+        type Case = (
+            &'static [&'static str],
+            bool,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let cases: [Case; 9] = [
             (&["a", "b"], false, &[], "pending"),
             (&["a", "b"], false, &[("a", "agree")], "agree"),
             (&["a", "b"], false, &[("b", "refuse")], "refuse"),
