@@ -659,7 +659,8 @@ fn many_tasks_at_once_and_task_listing() {
     );
     let two = d.data("/task/10?limit=2");
     assert_eq!(two.as_array().map(Vec::len), Some(2));
-    let before = two[1]["id"].as_u64().expect("id");
+    // Ascending: the page's oldest row is its first; older pages start below it.
+    let before = two[0]["id"].as_u64().expect("id");
     let older = d.data(&format!("/task/10?before_id={before}"));
     assert_eq!(older.as_array().map(Vec::len), Some(5));
     assert!(older
