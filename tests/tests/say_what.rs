@@ -251,6 +251,13 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
         log.contains("task finished: fail (batch 1 failed); waits for a rollback decision"),
         "{log}"
     );
+    // The log page's header says how it ended, not just "finished".
+    let (st, page) = d.get(&format!("/slave/test-slave/log/{uuid}?format=html"), ADMIN);
+    assert_eq!(st, 200);
+    assert!(
+        page.as_str().unwrap_or_default().contains("finished: fail (batch 1 failed)"),
+        "{page}"
+    );
     d.ok_put(&format!("/task/10/{uuid}/norollback"), json!({}));
     let t = task(&d, 10, &uuid);
     assert_eq!(t["waiting"], Value::Null);

@@ -458,6 +458,12 @@ async fn step_log_inner(req: Req, browser: bool) -> Result<tide::Response> {
         "html" => {
             let (t2, s2) = (task.clone(), sub.clone());
             let (upto, completed) = log_end(&app, &key, t2, s2).await?;
+            let state = if completed {
+                let (t3, s3) = (task.clone(), sub.clone());
+                run(&app, move |app| end_state(app, &t3, s3.as_ref())).await?
+            } else {
+                "running".to_string()
+            };
             let slave = percent_encoding::utf8_percent_encode(
                 &app.slave,
                 percent_encoding::NON_ALPHANUMERIC,
@@ -466,7 +472,7 @@ async fn step_log_inner(req: Req, browser: bool) -> Result<tide::Response> {
             let (mut out, body) = Chunks::new();
             async_std::task::spawn(async move {
                 // Written as it is read: a long log never sits in memory whole.
-                out.push(&page::head(&format!("jobx log {key}"), completed));
+                out.push(&page::head(&format!("jobx log {key}"), &state));
                 let mut pages = LogPages::new(key.clone(), 0, upto);
                 loop {
                     let batch = match pages.next(&app, usize::MAX).await {
@@ -503,6 +509,25 @@ async fn step_log_inner(req: Req, browser: bool) -> Result<tide::Response> {
 
 /// Record text a JSON page holds at most (one record always).
 const JSON_PAGE_BYTES: usize = 1 << 20;
+
+/// How the work behind a log key ended, for people: the task's final
+/// status and reason, or (a batch's key, its task still running) the batch's.
+fn end_state(app: &App, task: &Task, sub: Option<&Subtask>) -> Result<String> {
+    let with_reason = |what: String, reason: &str| {
+        if reason.is_empty() {
+            what
+        } else {
+            format!("{what} ({reason})")
+        }
+    };
+    if let Some(t) = app.store.task(&task.uuid)?.filter(Task::is_finished) {
+        return Ok(with_reason(format!("finished: {}", t.status), &t.reason));
+    }
+    match sub.map(|s| app.store.subtask(&s.uuid)).transpose()?.flatten() {
+        Some(s) => Ok(with_reason(format!("batch ended: {}", s.status), &s.reason)),
+        None => Ok("finished".into()),
+    }
+}
 
 /// Where a streamed view of a log ends: the last record stored now, and
 /// whether the key's work has ended (read first, so that every record
@@ -550,7 +575,13 @@ fn sse(req: Req, app: Arc<App>, key: String, task: Task, sub: Option<Subtask>) -
                         .await?;
                 }
                 if done && !more {
-                    sender.send("end", "{}", None).await?;
+                    let (t3, s3) = (task.clone(), sub.clone());
+                    let state = run(&app, move |app| end_state(app, &t3, s3.as_ref()))
+                        .await
+                        .map_err(to_500)?;
+                    sender
+                        .send("end", json!({ "state": state }).to_string(), None)
+                        .await?;
                     return Ok(());
                 }
                 if !more {

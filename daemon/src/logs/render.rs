@@ -106,9 +106,11 @@ pub mod page {
     use std::fmt::Write;
 
     /// Everything before the first record. `title` is escaped here.
-    pub fn head(title: &str, completed: bool) -> String {
+    /// `state` (escaped here) says how the work stands: "running", or its
+    /// final status and reason.
+    pub fn head(title: &str, state: &str) -> String {
         let title = html_escape(title);
-        let state = if completed { "finished" } else { "running" };
+        let state = html_escape(state);
         format!(
             r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -152,7 +154,7 @@ src.onmessage = (e) => {
   log.appendChild(line);
   window.scrollTo(0, document.body.scrollHeight);
 };
-src.addEventListener('end', () => { src.close(); document.getElementById('state').textContent = 'finished'; });
+src.addEventListener('end', (e) => { src.close(); let st = 'finished'; try { st = JSON.parse(e.data).state || st; } catch (_) {} document.getElementById('state').textContent = st; });
 </script>"#
         };
         format!(
@@ -216,6 +218,8 @@ mod tests {
         assert!(tail.contains("data-sse=\"/slave/a/log/k?format=sse&amp;offset=3\""));
         assert!(tail.contains("EventSource"));
         assert!(!page::tail("/x", true).contains("<script>"));
-        assert!(page::head("t", true).contains(">finished</small>"));
+        assert!(page::head("t", "finished: fail (batch 1 failed)")
+            .contains(">finished: fail (batch 1 failed)</small>"));
+        assert!(page::head("t", "<b>").contains(">&lt;b&gt;</small>"));
     }
 }
