@@ -209,7 +209,7 @@ mod tests {
             body,
             "<div class=\"stdout\">[n&lt;1&gt;] <span style=\"font-weight:bold\">é&#39;</span></div>"
         );
-        let head = page::head("log <1>", false);
+        let head = page::head("log <1>", "running");
         assert!(head.contains("<title>log &lt;1&gt;</title>"));
         assert!(head.contains(">running</small>"));
         assert!(head.ends_with("<div id=\"log\">"));
