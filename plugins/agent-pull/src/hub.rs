@@ -680,6 +680,12 @@ impl Hub {
                             stop: None,
                             files: None,
                         }));
+                        // Accepted work is never handed out again: only its
+                        // ids and time limit are still needed, so the script
+                        // and the environment are released now, not when
+                        // the step ends (10k agents hold 10k of them).
+                        r.work.kind = jobx_plugin_api::StepKind::default();
+                        r.work.env = Default::default();
                         if r.work.timeout_secs > 0 {
                             let at =
                                 now + Duration::from_secs(r.work.timeout_secs) + BACKSTOP_GRACE;
