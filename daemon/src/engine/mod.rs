@@ -5,10 +5,12 @@
 //! durable transaction and then wake the task's runner, which re-reads the
 //! state and acts on it; so a restarted daemon resumes from the same rows.
 
+mod approvals;
+mod nodes;
 pub mod plan;
+mod runner;
 pub mod state;
 mod view;
-mod runner;
 
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
