@@ -8,9 +8,14 @@
 mod approvals;
 mod nodes;
 pub mod plan;
+mod recovery;
+mod rollback;
 mod runner;
 pub mod state;
 mod view;
+
+pub use rollback::check_rollback_allowed;
+use rollback::ROLLBACK_WINDOW_MS;
 
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
@@ -25,9 +30,6 @@ use jobx_plugin_api::host::{PluginSet, RunHandle};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// Rollback decisions are accepted this long after the deploy started.
-const ROLLBACK_WINDOW_MS: i64 = 7 * 86400 * 1000;
 
 pub struct Engine {
     pub store: Arc<Store>,
@@ -482,121 +484,6 @@ impl Engine {
         self.wake(&task);
         Ok(())
     }
-
-    /// `rollback` or `norollback` on a finished deploy.
-    pub fn decide_rollback(
-        self: &Arc<Self>,
-        project: u64,
-        uuid: &str,
-        who: &Principal,
-        rollback: bool,
-    ) -> Result<Option<String>> {
-        if !crate::ids::is_deploy(uuid) {
-            return Err(Error::Bad(format!(
-                "uuid: {uuid:?} is not a deploy uuid (12 characters ending in a lowercase letter)"
-            )));
-        }
-        let rb_uuid = crate::ids::rollback_of(uuid);
-        let created = self.store.tx(|tx| {
-            let mut d = in_project(tx.task(uuid)?, project, uuid)?;
-            check_rollback_allowed(&d, crate::clock::now_ms())?;
-            d.decision = if rollback {
-                Decision::Rollback
-            } else {
-                Decision::NoRollback
-            };
-            tx.put_task(&d)?;
-            if !rollback {
-                tx.oplog(project, &who.name, "NO ROLLBACK", &format!("task {uuid}"))?;
-                return Ok(None);
-            }
-            let subs = tx.subtasks(uuid)?;
-            let (mut rb, mut rb_subs) = rollback_task(&d, &subs, &rb_uuid, who);
-            tx.insert_task(&mut rb, &mut rb_subs)?;
-            tx.oplog(
-                project,
-                &who.name,
-                "ROLLBACK",
-                &format!("task {uuid} rollback {rb_uuid}"),
-            )?;
-            Ok(Some(rb.uuid))
-        })?;
-        let text = match &created {
-            Some(rb) => format!("rollback decided by {}: task {rb}", who.name),
-            None => format!("no rollback, decided by {}", who.name),
-        };
-        self.logs.append(&Keys::task(uuid), "", "info", &text);
-        if let Some(rb) = &created {
-            self.spawn_runner(rb.clone());
-        }
-        Ok(created)
-    }
-
-    /// Restart recovery (docs/semantics.md §8): batches that were running become
-    /// `fail` "interrupted by daemon restart" and wait for a person; then
-    /// every unfinished task gets a runner again.
-    pub fn recover(self: &Arc<Self>) -> Result<usize> {
-        let active = self.store.active_tasks()?;
-        let now = crate::clock::now_ms();
-        for uuid in &active {
-            self.store.tx(|tx| {
-                let Some(t) = tx.task(uuid)? else {
-                    return Ok(());
-                };
-                if t.stopped_by.is_some() {
-                    lock(&self.stopping).insert(uuid.clone());
-                }
-                for mut s in tx.subtasks(uuid)? {
-                    let exit = plan::exit_on_failure(&t.vars);
-                    let Some((status, confirm)) = state::interrupt(s.status, exit) else {
-                        continue;
-                    };
-                    s.status = status;
-                    s.reason = "interrupted by daemon restart".into();
-                    s.finish_ms = Some(now);
-                    s.retry = false;
-                    s.confirm = confirm;
-                    if s.failed_step.is_none() {
-                        s.failed_step = Some(0);
-                        s.failed_nodes = s.nodes.clone();
-                    }
-                    tx.put_subtask(&s)?;
-                    self.notify
-                        .emit(tx, crate::notify::Kind::Failed, &t, Some(&s), None)?;
-                    if s.waiting() {
-                        self.notify
-                            .emit(tx, crate::notify::Kind::Waiting, &t, Some(&s), None)?;
-                    }
-                    let then = if s.waiting() {
-                        "waits for confirmation"
-                    } else {
-                        "the task ends (_exit_)"
-                    };
-                    self.logs.append(
-                        &Keys::batch(uuid, &s.uuid),
-                        "",
-                        "info",
-                        &format!(
-                            "batch {}/{} interrupted by daemon restart; {then}",
-                            s.idx + 1,
-                            t.batches
-                        ),
-                    );
-                }
-                // The interrupted batch's approval is no longer awaited.
-                for mut a in tx.pending_approvals(t.projectid)? {
-                    if a.taskuuid == *uuid {
-                        a.status = ApprovalStatus::Cancel;
-                        tx.put_approval(&a)?;
-                    }
-                }
-                Ok(())
-            })?;
-            log::info!("resuming task {uuid}");
-            self.spawn_runner(uuid.clone());
-        }
-        Ok(active.len())
-    }
 }
 
 fn check_uuid(uuid: &str) -> Result<()> {
@@ -629,96 +516,6 @@ fn new_subtask(task: &str, idx: u32, nodes: Vec<String>) -> Subtask {
         failed_nodes: Vec::new(),
         retry: false,
     }
-}
-
-/// The rollback preconditions of docs/semantics.md §5, each with its own message.
-pub fn check_rollback_allowed(d: &Task, now: i64) -> Result<()> {
-    if d.action != Action::Deploy {
-        return Err(Error::Bad(format!("task {} is not a deploy", d.uuid)));
-    }
-    if !d.is_finished() {
-        return Err(Error::Conflict(format!(
-            "deploy {} is still running; decide when it has ended",
-            d.uuid
-        )));
-    }
-    if d.status == TaskStatus::Refuse {
-        return Err(Error::Conflict(format!(
-            "deploy {} was refused; it cannot be rolled back",
-            d.uuid
-        )));
-    }
-    match d.decision {
-        Decision::Pending => {}
-        Decision::Rollback | Decision::NoRollback => {
-            return Err(Error::Conflict(format!(
-                "a decision was already made for deploy {}: {}",
-                d.uuid, d.decision
-            )))
-        }
-        Decision::None => {
-            return Err(Error::Conflict(format!(
-                "deploy {} has no _rollbackVersion_; no rollback decision is expected",
-                d.uuid
-            )))
-        }
-    }
-    let start = d.start_ms.unwrap_or(d.created_ms);
-    if now - start > ROLLBACK_WINDOW_MS {
-        return Err(Error::Conflict(format!(
-            "deploy {} started more than 7 days ago; rollback is no longer offered",
-            d.uuid
-        )));
-    }
-    Ok(())
-}
-
-/// The rollback partner: same job and group, `version` = the old
-/// `_rollbackVersion_`, over the deploy's batches that had started.
-fn rollback_task(d: &Task, subs: &[Subtask], uuid: &str, who: &Principal) -> (Task, Vec<Subtask>) {
-    let mut vars = d.vars.clone();
-    let old = vars.remove("_rollbackVersion_").unwrap_or_default();
-    vars.insert("version".into(), old.clone());
-    let mut variable = d.variable.clone();
-    if let Value::Object(m) = &mut variable {
-        m.remove("_rollbackVersion_");
-        m.insert("version".into(), Value::String(old));
-    }
-    let started: Vec<Vec<String>> = subs
-        .iter()
-        .filter(|s| !matches!(s.status, BatchStatus::Init | BatchStatus::Cancel))
-        .map(|s| s.nodes.clone())
-        .collect();
-    let task = Task {
-        id: 0,
-        projectid: d.projectid,
-        uuid: uuid.to_string(),
-        name: d.name.clone(),
-        group: d.group.clone(),
-        user: who.name.clone(),
-        slave: d.slave.clone(),
-        status: TaskStatus::Init,
-        created_ms: crate::clock::now_ms(),
-        start_ms: None,
-        finish_ms: None,
-        calltype: d.calltype.clone(),
-        reason: String::new(),
-        variable,
-        vars,
-        steps: d.steps.clone(),
-        nodes: d.nodes.clone(),
-        batches: started.len() as u32,
-        action: Action::Rollback,
-        stopped_by: None,
-        decision: Decision::None,
-        policy: d.policy.clone(),
-    };
-    let subs = started
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| new_subtask(uuid, i as u32, n))
-        .collect();
-    (task, subs)
 }
 
 /// Batches of a group computed from the current inventories. Other projects
