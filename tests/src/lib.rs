@@ -3,6 +3,7 @@
 pub mod browser;
 pub mod daemon;
 pub mod flow;
+pub mod project;
 pub mod sshd;
 
 use std::time::{Duration, Instant};
