@@ -5,24 +5,6 @@ use jobx_tests::daemon::*;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 
-fn nodes(d: &Daemon, project: u64, names: &[&str]) {
-    let list: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
-    d.ok_post(&format!("/node/{project}"), json!({ "nodes": list }));
-}
-
-fn group(d: &Daemon, project: u64, name: &str, ty: &str, text: &str) -> u64 {
-    let field = if ty == "list" { "node" } else { "percent" };
-    let v = d.ok_post(
-        &format!("/group/{project}"),
-        json!({"name": name, "group_type": ty, field: text}),
-    );
-    v["data"]["id"].as_u64().expect("group id")
-}
-
-fn preview(d: &Daemon, project: u64, id: u64) -> Vec<Vec<String>> {
-    serde_json::from_value(d.data(&format!("/group/{project}/{id}/node"))).expect("batches")
-}
-
 fn b(spec: &[&[&str]]) -> Vec<Vec<String>> {
     spec.iter()
         .map(|x| x.iter().map(|s| s.to_string()).collect())
@@ -36,13 +18,14 @@ fn range(a: u32, z: u32) -> Vec<String> {
 #[test]
 fn every_batching_example_through_the_api() {
     let d = Daemon::start("");
+    let (p10, p30) = (d.project(10), d.project(30));
     let ten: Vec<String> = range(1, 10);
     let ten_refs: Vec<&str> = ten.iter().map(String::as_str).collect();
-    nodes(&d, 10, &ten_refs);
-    nodes(&d, 20, &["5", "99", "3"]);
+    p10.nodes(&ten_refs);
+    d.project(20).nodes(&["5", "99", "3"]);
     let tf: Vec<String> = range(1, 25);
     let tf_refs: Vec<&str> = tf.iter().map(String::as_str).collect();
-    nodes(&d, 30, &tf_refs);
+    p30.nodes(&tf_refs);
 
     // §2.1 list
     let list_cases: &[(&str, Vec<Vec<String>>)] = &[
@@ -53,8 +36,8 @@ fn every_batching_example_through_the_api() {
         (" a , b ", b(&[&["a", "b"]])),
     ];
     for (i, (text, want)) in list_cases.iter().enumerate() {
-        let id = group(&d, 10, &format!("list{i}"), "list", text);
-        assert_eq!(&preview(&d, 10, id), want, "list {text:?}");
+        let id = p10.group(&format!("list{i}"), "list", text);
+        assert_eq!(&p10.group_batches(id), want, "list {text:?}");
     }
 
     // §2.2 simple percent, 10 nodes
@@ -107,18 +90,18 @@ fn every_batching_example_through_the_api() {
         ("", one_each),
     ];
     for (i, (text, want)) in pct_cases.iter().enumerate() {
-        let id = group(&d, 10, &format!("pct{i}"), "percent", text);
-        assert_eq!(&preview(&d, 10, id), want, "percent {text:?}");
+        let id = p10.group(&format!("pct{i}"), "percent", text);
+        assert_eq!(&p10.group_batches(id), want, "percent {text:?}");
     }
 
     // §2.2 with 25 nodes
     let mut want: Vec<Vec<String>> = vec![range(1, 1), range(2, 3), range(4, 5)];
     want.extend((6..=25).map(|i| vec![i.to_string()]));
-    let id = group(&d, 30, "p25a", "percent", "1:2:10%:5%");
-    assert_eq!(preview(&d, 30, id), want);
-    let id = group(&d, 30, "p25b", "percent", "2:20%");
+    let id = p30.group("p25a", "percent", "1:2:10%:5%");
+    assert_eq!(p30.group_batches(id), want);
+    let id = p30.group("p25b", "percent", "2:20%");
     assert_eq!(
-        preview(&d, 30, id),
+        p30.group_batches(id),
         vec![
             range(1, 2),
             range(3, 7),
@@ -158,13 +141,14 @@ fn every_batching_example_through_the_api() {
         ),
     ];
     for (i, (text, want)) in sel_cases.iter().enumerate() {
-        let id = group(&d, 10, &format!("sel{i}"), "percent", text);
-        assert_eq!(&preview(&d, 10, id), want, "selection {text:?}");
+        let id = p10.group(&format!("sel{i}"), "percent", text);
+        assert_eq!(&p10.group_batches(id), want, "selection {text:?}");
     }
 
     // An empty inventory gives no batches.
-    let id = group(&d, 40, "empty", "percent", "50%");
-    assert!(preview(&d, 40, id).is_empty());
+    let p40 = d.project(40);
+    let id = p40.group("empty", "percent", "50%");
+    assert!(p40.group_batches(id).is_empty());
 }
 
 #[test]
@@ -246,9 +230,10 @@ fn bad_group_text_is_refused_on_save_naming_the_piece() {
 #[test]
 fn group_crud_and_cross_project_isolation() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["a", "b", "c"]);
-    let id = group(&d, 10, "web", "list", "a,b;c");
-    let id2 = group(&d, 10, "pct", "percent", "1");
+    let p10 = d.project(10);
+    p10.nodes(&["a", "b", "c"]);
+    let id = p10.group("web", "list", "a,b;c");
+    let id2 = p10.group("pct", "percent", "1");
     // list: id descending
     let list = d.data("/group/10");
     assert_eq!(list[0]["id"], id2);
@@ -276,7 +261,7 @@ fn group_crud_and_cross_project_isolation() {
     );
     assert_eq!(st, 409);
     // the same name in another project is fine
-    group(&d, 11, "web", "list", "x");
+    d.project(11).group("web", "list", "x");
 
     // update
     let v = d.ok_post(
@@ -289,7 +274,7 @@ fn group_crud_and_cross_project_isolation() {
         json!([["c"], ["b"], ["a"]])
     );
     // the old name is free again
-    group(&d, 10, "web", "list", "a");
+    p10.group("web", "list", "a");
 
     // a group of project 10 does not exist through project 11
     for (m, path) in [
@@ -554,8 +539,9 @@ fn bodies_over_the_cap_get_413_and_bad_json_400() {
 #[test]
 fn operation_log_records_changes_newest_first() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["a"]);
-    let id = group(&d, 10, "web", "list", "a");
+    let p = d.project(10);
+    p.nodes(&["a"]);
+    let id = p.group("web", "list", "a");
     d.ok_post(
         &format!("/group/10/{id}"),
         json!({"name": "web", "group_type": "list", "node": "a;b"}),
@@ -605,8 +591,9 @@ fn operation_log_records_changes_newest_first() {
 #[test]
 fn data_survives_sigkill_and_sigterm_exits_zero() {
     let mut d = Daemon::start("");
-    nodes(&d, 10, &["a", "b"]);
-    let id = group(&d, 10, "web", "list", "a;b");
+    let p = d.project(10);
+    p.nodes(&["a", "b"]);
+    let id = p.group("web", "list", "a;b");
     d.ok_post(
         "/job/10",
         json!({"name": "j", "steps": [{"plugin": "local", "script": "true"}]}),
