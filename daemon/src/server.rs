@@ -12,6 +12,10 @@
 //! - `TCP_NODELAY`: a response goes out in two writes, and the second would
 //!   otherwise wait for the client's delayed ACK (≈40 ms per request on a
 //!   kept-alive connection).
+//!
+//! Stays one file: it is one concern, a connection's life (slot, head,
+//! hand-over to async-h1, linger), and its pieces share private types; the
+//! pure decisions (`scan_head`, `victim`) are already functions with tests.
 
 use crate::state::App;
 use async_std::net::{TcpListener, TcpStream};
