@@ -2,7 +2,7 @@
 //! third-party interface, statistics, metrics and crash recovery.
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
+use jobx_tests::project::Project;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,12 +15,10 @@ fn statuses(subs: &[Value]) -> Vec<String> {
 }
 
 /// A deploy over 4 batches whose batch 2 fails on deploy (not on rollback).
-fn deploy_job(d: &Daemon) {
-    nodes(d, 10, &["n1", "n2", "n3", "n4"]);
-    group(d, 10, "four", "list", "n1;n2;n3;n4");
-    job(
-        d,
-        10,
+fn deploy_job(p: &Project) {
+    p.nodes(&["n1", "n2", "n3", "n4"]);
+    p.group("four", "list", "n1;n2;n3;n4");
+    p.job(
         "app",
         json!([
             {"name": "install", "plugin": "local", "script": "echo \"$JOBX_ACTION version=$version on $JOBX_NODE batch $JOBX_BATCH/$JOBX_BATCHES\"; [ \"$JOBX_ACTION\" = rollback ] || [ \"$JOBX_BATCH\" != 2 ]"},
@@ -33,55 +31,51 @@ fn deploy_job(d: &Daemon) {
 #[test]
 fn rollback_runs_the_started_batches_with_the_old_version() {
     let d = Daemon::start("");
-    deploy_job(&d);
-    let uuid = start(
-        &d,
-        10,
+    let p = d.project(10);
+    deploy_job(&p);
+    let deploy = p.run(
         "app",
         "four",
         json!({"version": "2.0", "_rollbackVersion_": "1.9"}),
     );
+    let uuid = deploy.uuid.clone();
     // no decision while the deploy runs
-    wait_confirm(&d, 10, &uuid, 1, T);
-    let (st, v) = d.put(&format!("/task/10/{uuid}/rollback"), ADMIN, json!({}));
+    deploy.wait_confirm(1);
+    let (st, v) = deploy.put_as("/rollback", ADMIN);
     assert_eq!(st, 409, "{v}");
     assert!(
         v["info"].as_str().unwrap_or("").contains("still running"),
         "{v}"
     );
     // stop after 2 of 4 batches
-    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
-    let t = wait_finished(&d, 10, &uuid, T);
+    deploy.stop();
+    let t = deploy.wait_finished();
     assert_eq!(t["status"], "fail");
     assert_eq!(
-        statuses(&subtasks(&d, 10, &uuid)),
+        statuses(&deploy.subtasks()),
         ["success", "fail", "cancel", "cancel"]
     );
     // control is needed; a write token is refused
-    assert_eq!(
-        d.put(&format!("/task/10/{uuid}/rollback"), WRITER10, json!({}))
-            .0,
-        403
-    );
-    let v = d.ok_put(&format!("/task/10/{uuid}/rollback"), json!({}));
-    let rb = v["uuid"].as_str().expect("rollback uuid").to_string();
+    assert_eq!(deploy.put_as("/rollback", WRITER10).0, 403);
+    let (rollback, v) = deploy.rollback();
+    let rb = rollback.uuid.clone();
     let mut want = uuid.clone();
     let last = want.pop().expect("last char");
     want.push(last.to_ascii_uppercase());
     assert_eq!(rb, want, "rollback partner: last letter uppercased");
     assert_eq!(v["info"], "ok");
-    let t = wait_finished(&d, 10, &rb, T);
+    let t = rollback.wait_finished();
     assert_eq!(t["status"], "success", "{t}");
     assert_eq!(t["variables"]["version"], "1.9");
     assert!(t["variables"].get("_rollbackVersion_").is_none());
-    let subs = subtasks(&d, 10, &rb);
+    let subs = rollback.subtasks();
     assert_eq!(
         subs.iter()
             .map(|s| s["nodelist"].as_str().unwrap_or(""))
             .collect::<Vec<_>>(),
         ["n1", "n2"]
     );
-    let log = log_text(&d, &rb);
+    let log = rollback.log_text();
     assert!(
         log.contains("[n1] rollback version=1.9 on n1 batch 1/2"),
         "{log}"
@@ -97,10 +91,10 @@ fn rollback_runs_the_started_batches_with_the_old_version() {
     assert!(log.contains("[n1] rollback-only n1") && !log.contains("deploy-only"));
     assert!(!log.contains("n3") && !log.contains("n4"));
     // one decision per deploy; the rollback uuid itself is not a deploy
-    let (st, v) = d.put(&format!("/task/10/{uuid}/norollback"), ADMIN, json!({}));
+    let (st, v) = deploy.put_as("/norollback", ADMIN);
     assert_eq!(st, 409, "{v}");
     assert!(v["info"].as_str().unwrap_or("").contains("already"), "{v}");
-    let (st, v) = d.put(&format!("/task/10/{rb}/rollback"), ADMIN, json!({}));
+    let (st, v) = rollback.put_as("/rollback", ADMIN);
     assert_eq!(st, 400, "{v}");
     assert!(
         v["info"].as_str().unwrap_or("").contains("not a deploy"),
@@ -124,12 +118,13 @@ fn rollback_runs_the_started_batches_with_the_old_version() {
 #[test]
 fn rollback_preconditions_and_norollback() {
     let d = Daemon::start("");
-    deploy_job(&d);
-    group(&d, 10, "first", "list", "n1");
+    let p = d.project(10);
+    deploy_job(&p);
+    p.group("first", "list", "n1");
     // no _rollbackVersion_
-    let plain = start(&d, 10, "app", "first", json!({"version": "1"}));
-    wait_finished(&d, 10, &plain, T);
-    let (st, v) = d.put(&format!("/task/10/{plain}/rollback"), ADMIN, json!({}));
+    let plain = p.run("app", "first", json!({"version": "1"}));
+    plain.wait_finished();
+    let (st, v) = plain.put_as("/rollback", ADMIN);
     assert_eq!(st, 409);
     assert!(
         v["info"]
@@ -139,14 +134,13 @@ fn rollback_preconditions_and_norollback() {
         "{v}"
     );
     // norollback records the decision and runs nothing
-    let dep = start(
-        &d,
-        10,
+    let deploy = p.run(
         "app",
         "first",
         json!({"version": "2", "_rollbackVersion_": "1"}),
     );
-    wait_finished(&d, 10, &dep, T);
+    deploy.wait_finished();
+    let dep = deploy.uuid.clone();
     let v = d.ok_put(&format!("/task/10/{dep}/norollback"), json!({}));
     assert_eq!(v["info"], "ok");
     let mut rb = dep.clone();
@@ -157,7 +151,7 @@ fn rollback_preconditions_and_norollback() {
         404,
         "no rollback task"
     );
-    let (st, v) = d.put(&format!("/task/10/{dep}/rollback"), ADMIN, json!({}));
+    let (st, v) = deploy.put_as("/rollback", ADMIN);
     assert_eq!(st, 409);
     assert!(v["info"].as_str().unwrap_or("").contains("already"), "{v}");
     assert_eq!(d.data("/log/10")[0]["title"], "NO ROLLBACK");
@@ -172,18 +166,17 @@ fn rollback_preconditions_and_norollback() {
 #[test]
 fn rollback_is_refused_after_seven_days() {
     let mut d = Daemon::start("");
-    deploy_job(&d);
-    group(&d, 10, "first", "list", "n1");
+    deploy_job(&d.project(10));
+    d.project(10).group("first", "list", "n1");
     d.fake_time(Some("2026-03-01 10:00:00"));
     d.restart();
-    let dep = start(
-        &d,
-        10,
+    let deploy = d.project(10).run(
         "app",
         "first",
         json!({"version": "2", "_rollbackVersion_": "1"}),
     );
-    wait_finished(&d, 10, &dep, T);
+    deploy.wait_finished();
+    let dep = deploy.uuid.clone();
     d.fake_time(Some("2026-03-08 10:00:05"));
     d.restart();
     let (st, v) = d.put(&format!("/task/10/{dep}/rollback"), ADMIN, json!({}));
@@ -191,12 +184,10 @@ fn rollback_is_refused_after_seven_days() {
     assert!(v["info"].as_str().unwrap_or("").contains("7 days"), "{v}");
 }
 
-fn approval_job(d: &Daemon, approval: Value) {
-    nodes(d, 10, &["n1", "n2", "n3"]);
-    group(d, 10, "three", "list", "n1;n2;n3");
-    job(
-        d,
-        10,
+fn approval_job(p: &Project, approval: Value) {
+    p.nodes(&["n1", "n2", "n3"]);
+    p.group("three", "list", "n1;n2;n3");
+    p.job(
         "gated",
         json!([
             {"name": "before", "plugin": "local", "script": "echo before $JOBX_NODE"},
@@ -216,16 +207,18 @@ fn pending(d: &Daemon) -> Vec<Value> {
 #[test]
 fn approval_agree_refuse_and_permissions() {
     let d = Daemon::start("");
+    let p = d.project(10);
     approval_job(
-        &d,
+        &p,
         json!({"name": "ok?", "plugin": "approval", "approvers": ["control10", "reader"], "message": "ship ${v}?", "batches": "firsttime"}),
     );
-    let uuid = start(&d, 10, "gated", "three", json!({"v": "3.1"}));
+    let task = p.run("gated", "three", json!({"v": "3.1"}));
+    let uuid = task.uuid.clone();
     let a = wait_for("an approval", T, || pending(&d).first().cloned());
     assert_eq!(a["message"], "ship 3.1?");
     assert_eq!(a["taskuuid"], uuid.as_str());
     let au = a["uuid"].as_str().expect("uuid").to_string();
-    assert_eq!(subtasks(&d, 10, &uuid)[0]["status"], "running");
+    assert_eq!(task.subtasks()[0]["status"], "running");
     // not an approver
     let (st, v) = d.put(
         &format!("/approval/10/{au}"),
@@ -267,9 +260,9 @@ fn approval_agree_refuse_and_permissions() {
         409,
         "decided"
     );
-    let t = wait_finished(&d, 10, &uuid, T);
+    let t = task.wait_finished();
     assert_eq!(t["status"], "success");
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     assert!(log.contains("[n1] after n1") && log.contains("[n3] after n3"));
     assert!(pending(&d).is_empty());
     let titles: Vec<String> = d
@@ -282,9 +275,7 @@ fn approval_agree_refuse_and_permissions() {
     assert!(titles.contains(&"APPROVAL".to_string()), "{titles:?}");
 
     // refusal: batch and task refuse, later batches cancel, no rollback
-    let uuid = start(
-        &d,
-        10,
+    let task = p.run(
         "gated",
         "three",
         json!({"v": "3.2", "_rollbackVersion_": "3.1"}),
@@ -292,14 +283,11 @@ fn approval_agree_refuse_and_permissions() {
     let a = wait_for("an approval", T, || pending(&d).first().cloned());
     let au = a["uuid"].as_str().expect("uuid");
     d.ok_put(&format!("/approval/10/{au}"), json!({"opinion": "refuse"}));
-    let t = wait_finished(&d, 10, &uuid, T);
+    let t = task.wait_finished();
     assert_eq!(t["status"], "refuse");
-    assert_eq!(
-        statuses(&subtasks(&d, 10, &uuid)),
-        ["refuse", "cancel", "cancel"]
-    );
-    assert!(!log_text(&d, &uuid).contains("after n1"));
-    let (st, v) = d.put(&format!("/task/10/{uuid}/rollback"), ADMIN, json!({}));
+    assert_eq!(statuses(&task.subtasks()), ["refuse", "cancel", "cancel"]);
+    assert!(!task.log_text().contains("after n1"));
+    let (st, v) = task.put_as("/rollback", ADMIN);
     assert_eq!(st, 409);
     assert!(v["info"].as_str().unwrap_or("").contains("refused"), "{v}");
 }
@@ -308,10 +296,10 @@ fn approval_agree_refuse_and_permissions() {
 fn approval_everyone_and_timeout() {
     let d = Daemon::start("");
     approval_job(
-        &d,
+        &d.project(10),
         json!({"plugin": "approval", "approvers": ["control10", "reader"], "everyone": true, "timeout": 600, "batches": "firsttime"}),
     );
-    let uuid = start(&d, 10, "gated", "three", json!({}));
+    let task = d.project(10).run("gated", "three", json!({}));
     let a = wait_for("an approval", T, || pending(&d).first().cloned());
     let au = a["uuid"].as_str().expect("uuid").to_string();
     // an admin who is not listed decides for everyone
@@ -325,13 +313,13 @@ fn approval_everyone_and_timeout() {
         .0,
         409
     );
-    assert_eq!(wait_finished(&d, 10, &uuid, T)["status"], "success");
+    assert_eq!(task.wait_finished()["status"], "success");
     let d2 = Daemon::start("");
     approval_job(
-        &d2,
+        &d2.project(10),
         json!({"plugin": "approval", "approvers": ["control10", "reader"], "everyone": true, "timeout": 600, "batches": "firsttime"}),
     );
-    let uuid2 = start(&d2, 10, "gated", "three", json!({}));
+    let task2 = d2.project(10).run("gated", "three", json!({}));
     let a = wait_for("an approval", T, || pending(&d2).first().cloned());
     let au = a["uuid"].as_str().expect("uuid").to_string();
     d2.put(
@@ -340,22 +328,24 @@ fn approval_everyone_and_timeout() {
         json!({"opinion": "agree"}),
     );
     assert_eq!(pending(&d2).len(), 1, "one of two agreed: still pending");
-    assert_eq!(task(&d2, 10, &uuid2)["status"], "running");
+    assert_eq!(task2.get()["status"], "running");
     d2.put(
         &format!("/approval/10/{au}"),
         READER,
         json!({"opinion": "agree"}),
     );
-    assert_eq!(wait_finished(&d2, 10, &uuid2, T)["status"], "success");
+    assert_eq!(task2.wait_finished()["status"], "success");
 
     // no answer within the timeout fails the batch
     let d3 = Daemon::start("");
     approval_job(
-        &d3,
+        &d3.project(10),
         json!({"plugin": "approval", "approvers": ["control10"], "timeout": 1, "batches": "firsttime"}),
     );
-    let u3 = start(&d3, 10, "gated", "three", json!({}));
-    let subs = wait_confirm(&d3, 10, &u3, 0, T);
+    let subs = d3
+        .project(10)
+        .run("gated", "three", json!({}))
+        .wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail");
     assert!(
         subs[0]["reason"]
@@ -371,7 +361,8 @@ fn approval_everyone_and_timeout() {
 #[test]
 fn third_party_dry_run_invoke_query_stop() {
     let d = Daemon::start("");
-    deploy_job(&d);
+    let p = d.project(10);
+    deploy_job(&p);
     let names = d.ok_post("/third/option/groupname", json!({"project_id": 10}));
     assert_eq!(names["data"], json!(["four"]));
     let body = json!({"project_id": 10, "uuid": "Caller0Id12X", "params": {"jobname": "app", "group": "four", "variable": {"version": "2", "_rollbackVersion_": "1"}}});
@@ -408,7 +399,8 @@ fn third_party_dry_run_invoke_query_stop() {
     );
     // query: deploy running → waiting for a person
     let q = json!({"uuid": "Caller0Id12X"});
-    wait_confirm(&d, 10, "Caller0Id12a", 1, T);
+    let first = p.task("Caller0Id12a");
+    first.wait_confirm(1);
     let v = d.ok_post("/third/interface/query", q.clone());
     assert_eq!(
         (v["status"].clone(), v["type"].clone()),
@@ -417,15 +409,8 @@ fn third_party_dry_run_invoke_query_stop() {
     assert_eq!(v["msg"], "Wait for manual treatment");
     assert_eq!(v["progress"], json!([1, 4]));
     // confirm the failed batch: the deploy ends fail, the decision is pending → still running
-    let subs = subtasks(&d, 10, "Caller0Id12a");
-    d.ok_put(
-        &format!(
-            "/subtask/10/{}/confirm",
-            subs[1]["uuid"].as_str().expect("uuid")
-        ),
-        json!({}),
-    );
-    wait_finished(&d, 10, "Caller0Id12a", T);
+    first.confirm(1, None);
+    first.wait_finished();
     let v = d.ok_post("/third/interface/query", q.clone());
     assert_eq!(
         (v["status"].clone(), v["type"].clone()),
@@ -433,8 +418,8 @@ fn third_party_dry_run_invoke_query_stop() {
     );
     assert_eq!(v["progress"], json!([4, 4]));
     // rollback → type rollback, then complete
-    d.ok_put("/task/10/Caller0Id12a/rollback", json!({}));
-    wait_finished(&d, 10, "Caller0Id12A", T);
+    first.rollback();
+    p.task("Caller0Id12A").wait_finished();
     let v = d.ok_post("/third/interface/query", q.clone());
     assert_eq!(
         (v["status"].clone(), v["type"].clone()),
@@ -449,7 +434,7 @@ fn third_party_dry_run_invoke_query_stop() {
     b2["params"]["group"] = json!("val=n1");
     let v = d.ok_post("/third/interface/invoke", b2);
     assert_eq!(v["uuid"], "Caller0Id12b");
-    wait_finished(&d, 10, "Caller0Id12b", T);
+    p.task("Caller0Id12b").wait_finished();
     let v = d.ok_post(
         "/third/interface/query",
         json!({"uuid": "Caller0Id12X", "retry_count": 1}),
@@ -463,7 +448,10 @@ fn third_party_dry_run_invoke_query_stop() {
     let mut b3 = body.clone();
     b3["retry_count"] = json!(2);
     b3["params"]["variable"] = json!({"version": "2", "GATE": "/nonexistent"});
-    d.ok_post("/job/10", json!({"name": "slow", "steps": [{"plugin": "local", "script": "sleep 300", "timeout": 600}]}));
+    p.job(
+        "slow",
+        json!([{"plugin": "local", "script": "sleep 300", "timeout": 600}]),
+    );
     b3["params"]["jobname"] = json!("slow");
     d.ok_post("/third/interface/invoke", b3);
     let v = d.ok_post(
@@ -471,7 +459,9 @@ fn third_party_dry_run_invoke_query_stop() {
         json!({"uuid": "Caller0Id12X", "retry_count": 2}),
     );
     assert_eq!(v["stat"], true);
-    let t = wait_finished(&d, 10, "Caller0Id12c", Duration::from_secs(10));
+    let t = p
+        .task("Caller0Id12c")
+        .wait_finished_within(Duration::from_secs(10));
     assert_eq!(t["status"], "fail");
     let v = d.ok_post(
         "/third/interface/query",
@@ -516,30 +506,20 @@ fn third_party_dry_run_invoke_query_stop() {
 #[test]
 fn statistics_over_tasks_at_controlled_times() {
     let mut d = Daemon::start("");
-    nodes(&d, 10, &["n1"]);
-    group(&d, 10, "one", "list", "n1");
-    job(
-        &d,
-        10,
-        "quick",
-        json!([{"plugin": "local", "script": "true"}]),
-    );
-    job(
-        &d,
-        10,
-        "broken",
-        json!([{"plugin": "local", "script": "false"}]),
-    );
+    let p = d.project(10);
+    p.nodes(&["n1"]);
+    p.group("one", "list", "n1");
+    p.job("quick", json!([{"plugin": "local", "script": "true"}]));
+    p.job("broken", json!([{"plugin": "local", "script": "false"}]));
     // the step's own sleep runs on the real clock: 2 real s = 2 fake minutes at 60x
-    job(
-        &d,
-        10,
+    p.job(
         "slow",
         json!([{"plugin": "local", "script": "env -u LD_PRELOAD sleep 2"}]),
     );
     let run = |d: &Daemon, job: &str| {
-        let u = start(d, 10, job, "one", json!({"_exit_": 1}));
-        wait_finished(d, 10, &u, T);
+        d.project(10)
+            .run(job, "one", json!({"_exit_": 1}))
+            .wait_finished();
     };
     d.fake_time(Some("2026-02-10 08:00:00"));
     d.restart();
@@ -585,16 +565,14 @@ fn statistics_over_tasks_at_controlled_times() {
 #[test]
 fn metrics_count_tasks_steps_and_requests() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["n1", "n2"]);
-    group(&d, 10, "g", "list", "n1;n2");
-    job(
-        &d,
-        10,
+    let p = d.project(10);
+    p.nodes(&["n1", "n2"]);
+    p.group("g", "list", "n1;n2");
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "[ $JOBX_NODE = n1 ]"}]),
     );
-    let u = start(&d, 10, "j", "g", json!({}));
-    wait_confirm(&d, 10, &u, 1, T);
+    p.run("j", "g", json!({})).wait_confirm(1);
     assert_eq!(
         d.req("GET", "/metrics", None, None).0,
         401,
@@ -624,34 +602,29 @@ fn metrics_count_tasks_steps_and_requests() {
 #[test]
 fn crash_at_several_points_keeps_every_reported_state() {
     let mut d = Daemon::start("");
-    nodes(&d, 10, &["n1", "n2"]);
-    group(&d, 10, "g", "list", "n1;n2");
-    job(
-        &d,
-        10,
+    let p = d.project(10);
+    p.nodes(&["n1", "n2"]);
+    p.group("g", "list", "n1;n2");
+    p.job(
         "ok",
         json!([{"plugin": "local", "script": "echo hi $JOBX_NODE"}]),
     );
-    job(
-        &d,
-        10,
-        "bad",
-        json!([{"plugin": "local", "script": "exit 1"}]),
-    );
+    p.job("bad", json!([{"plugin": "local", "script": "exit 1"}]));
 
     // 1. right after creation was acknowledged
-    let u1 = start(&d, 10, "ok", "g", json!({}));
+    let u1 = p.run("ok", "g", json!({})).uuid;
     d.kill9();
     d.restart();
     // Depending on where the kill landed the task finished, or its batch was
     // interrupted and waits for a person: then it says so, and a retry
     // finishes it. It is never left running without a runner.
+    let task1 = d.project(10).task(&u1);
     let t1 = wait_for("task 1 to finish or wait for a person", T, || {
-        let t = task(&d, 10, &u1);
+        let t = task1.get();
         if t["status"] == "success" {
             return Some(t);
         }
-        let subs = subtasks(&d, 10, &u1);
+        let subs = task1.subtasks();
         let waiting = subs.iter().find(|s| s["confirm"] == "WaitConfirm")?;
         assert_eq!(
             waiting["reason"], "interrupted by daemon restart",
@@ -666,11 +639,13 @@ fn crash_at_several_points_keeps_every_reported_state() {
     assert_eq!(t1["status"], "success");
 
     // 2. during WaitConfirm
-    let u2 = start(&d, 10, "bad", "g", json!({}));
-    let before = wait_confirm(&d, 10, &u2, 0, T);
+    let u2 = d.project(10).run("bad", "g", json!({}));
+    let before = u2.wait_confirm(0);
+    let u2 = u2.uuid;
     d.kill9();
     d.restart();
-    let after = subtasks(&d, 10, &u2);
+    let task2 = d.project(10).task(&u2);
+    let after = task2.subtasks();
     assert_eq!(after[0]["confirm"], "WaitConfirm");
     assert_eq!(
         after[0]["reason"], before[0]["reason"],
@@ -678,27 +653,22 @@ fn crash_at_several_points_keeps_every_reported_state() {
     );
     assert_eq!(after[0]["finishtime"], before[0]["finishtime"]);
     assert_eq!(after[1]["status"], "init");
-    d.ok_put(
-        &format!(
-            "/subtask/10/{}/confirm",
-            after[0]["uuid"].as_str().expect("uuid")
-        ),
-        json!({}),
-    );
-    let subs = wait_confirm(&d, 10, &u2, 1, T);
+    task2.confirm(0, None);
+    let subs = task2.wait_confirm(1);
     assert_eq!(subs[0]["confirm"], "confirmed by admin");
 
     // 3. during stop
-    d.ok_put(&format!("/task/10/{u2}"), json!({}));
+    task2.stop();
     d.kill9();
     d.restart();
-    let t = wait_finished(&d, 10, &u2, T);
+    let task2 = d.project(10).task(&u2);
+    let t = task2.wait_finished();
     assert_eq!(t["status"], "fail");
     assert_eq!(t["reason"], "stopped by admin");
-    assert_eq!(subtasks(&d, 10, &u2)[1]["confirm"], "task stop");
+    assert_eq!(task2.subtasks()[1]["confirm"], "task stop");
 
     // earlier tasks are untouched and nothing is left running
-    assert_eq!(task(&d, 10, &u1)["status"], "success");
+    assert_eq!(d.project(10).task(&u1).get()["status"], "success");
     assert_eq!(d.data("/task/10?status=running"), json!([]));
     assert_eq!(d.data("/task/10?status=init"), json!([]));
 }
