@@ -2,15 +2,19 @@
 //! order, confirm/retry, `_exit_`, stop, timeouts, logs and live streaming.
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
+use jobx_tests::flow::{marker, processes_matching};
+use jobx_tests::project::Project;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn six(d: &Daemon) {
-    nodes(d, 10, &["n1", "n2", "n3", "n4", "n5", "n6"]);
+/// Project 10 with nodes n1..n6.
+fn six(d: &Daemon) -> Project<'_> {
+    let p = d.project(10);
+    p.nodes(&["n1", "n2", "n3", "n4", "n5", "n6"]);
+    p
 }
 
 fn nodelists(subs: &[Value]) -> Vec<String> {
@@ -22,23 +26,22 @@ fn nodelists(subs: &[Value]) -> Vec<String> {
 #[test]
 fn batches_run_in_order_with_output_under_every_key() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "pct", "percent", "1:2:50%");
-    let j = job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("pct", "percent", "1:2:50%");
+    let j = p.job(
         "two",
         json!([
             {"name": "first", "plugin": "local", "script": "echo \"one $JOBX_NODE b=$JOBX_BATCH/$JOBX_BATCHES v=$version ip=$ip a=$1\"", "args": "${version}"},
             {"name": "second", "plugin": "local", "script": "echo two $JOBX_NODE; echo warn $JOBX_NODE >&2"}
         ]),
     );
-    let uuid = start(&d, 10, "two", "pct", json!({"version": "1.0"}));
-    let t = wait_finished(&d, 10, &uuid, T);
+    let task = p.run("two", "pct", json!({"version": "1.0"}));
+    let uuid = task.uuid.clone();
+    let t = task.wait_finished();
     assert_eq!(t["status"], "success", "{t}");
     assert_eq!(t["slave"], "test-slave");
     assert!(t["runtime"].as_str().is_some_and(|r| r.contains('.')));
-    let subs = subtasks(&d, 10, &uuid);
+    let subs = task.subtasks();
     // 6 nodes with 1:2:50% → [n1] [n2,n3] [n4,n5,n6]
     assert_eq!(nodelists(&subs), ["n1", "n2,n3", "n4,n5,n6"]);
     for s in &subs {
@@ -46,7 +49,7 @@ fn batches_run_in_order_with_output_under_every_key() {
         assert_eq!(s["confirm"], "");
         assert_eq!(s["parent_uuid"], uuid.as_str());
     }
-    let task_log = log_text(&d, &uuid);
+    let task_log = task.log_text();
     for (i, n) in ["n1", "n2", "n3", "n4", "n5", "n6"].iter().enumerate() {
         let batch = match i {
             0 => 1,
@@ -65,14 +68,11 @@ fn batches_run_in_order_with_output_under_every_key() {
     assert!(pos("[n3] two n3") < pos("[n4] one n4"));
     // the batch key has only that batch; the step key only that step
     let b2 = subs[1]["uuid"].as_str().expect("uuid");
-    let batch_log = log_text(&d, b2);
+    let batch_log = p.log_text(b2);
     assert!(batch_log.contains("[n2] one n2") && batch_log.contains("[n3] two n3"));
     assert!(!batch_log.contains("n1") && !batch_log.contains("[n4]"));
     let step1 = &j["steps"][0]["uuid"];
-    let step_log = log_text(
-        &d,
-        &format!("{b2}{}local", step1.as_str().expect("step uuid")),
-    );
+    let step_log = p.log_text(&format!("{b2}{}local", step1.as_str().expect("step uuid")));
     assert!(step_log.contains("[n2] one n2"));
     assert!(!step_log.contains("two"), "{step_log}");
     // the JSON form pages with an offset
@@ -99,16 +99,14 @@ fn batches_run_in_order_with_output_under_every_key() {
 #[test]
 fn failed_batch_waits_then_confirm_continue_ends_fail() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "three", "list", "n1,n2;n3,n4;n5,n6");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("three", "list", "n1,n2;n3,n4;n5,n6");
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "[ \"$JOBX_NODE\" != n3 ] || { echo broken; exit 3; }"}]),
     );
-    let uuid = start(&d, 10, "j", "three", json!({}));
-    let subs = wait_confirm(&d, 10, &uuid, 1, T);
+    let task = p.run("j", "three", json!({}));
+    let subs = task.wait_confirm(1);
     assert_eq!(subs[0]["status"], "success");
     assert_eq!(subs[1]["status"], "fail");
     assert!(
@@ -117,8 +115,8 @@ fn failed_batch_waits_then_confirm_continue_ends_fail() {
         subs[1]
     );
     assert_eq!(subs[2]["status"], "init", "later batches wait");
-    assert_eq!(task(&d, 10, &uuid)["status"], "running");
-    let log = log_text(&d, &uuid);
+    assert_eq!(task.get()["status"], "running");
+    let log = task.log_text();
     assert!(
         log.contains("[n3] broken") && log.contains("[n3] exit code 3"),
         "{log}"
@@ -147,9 +145,9 @@ fn failed_batch_waits_then_confirm_continue_ends_fail() {
         json!({"action": "continue"}),
     );
     assert_eq!(st, 200, "{v}");
-    let t = wait_finished(&d, 10, &uuid, T);
+    let t = task.wait_finished();
     assert_eq!(t["status"], "fail");
-    let subs = subtasks(&d, 10, &uuid);
+    let subs = task.subtasks();
     assert_eq!(subs[1]["confirm"], "confirmed by control10");
     assert_eq!(subs[2]["status"], "success");
     assert_eq!(
@@ -173,27 +171,19 @@ fn failed_batch_waits_then_confirm_continue_ends_fail() {
 #[test]
 fn retry_after_fixing_the_cause_succeeds_and_reruns_only_failed_nodes() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "two", "list", "n1,n2,n3;n4");
+    let p = six(&d);
+    p.group("two", "list", "n1,n2,n3;n4");
     let dir = TempDir::new("fix");
     let fix = dir.path().join("fixed");
-    job(
-        &d,
-        10,
+    p.job(
         "j",
         json!([
             {"name": "check", "plugin": "local", "script": "echo ran-check $JOBX_NODE; [ \"$JOBX_NODE\" != n2 ] || test -e \"$FIXFILE\""},
             {"name": "after", "plugin": "local", "script": "echo ran-after $JOBX_NODE"}
         ]),
     );
-    let uuid = start(
-        &d,
-        10,
-        "j",
-        "two",
-        json!({"FIXFILE": fix.display().to_string()}),
-    );
-    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    let task = p.run("j", "two", json!({"FIXFILE": fix.display().to_string()}));
+    let subs = task.wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail");
     std::fs::write(&fix, "ok").expect("fix the cause");
     let b0 = subs[0]["uuid"].as_str().expect("uuid");
@@ -203,12 +193,12 @@ fn retry_after_fixing_the_cause_succeeds_and_reruns_only_failed_nodes() {
         json!({"action": "retry"}),
     );
     assert_eq!(st, 200, "{v}");
-    let t = wait_finished(&d, 10, &uuid, T);
+    let t = task.wait_finished();
     assert_eq!(t["status"], "success", "{t}");
-    let subs = subtasks(&d, 10, &uuid);
+    let subs = task.subtasks();
     assert_eq!(subs[0]["status"], "success");
     assert_eq!(subs[0]["confirm"], "retried by admin");
-    let log = log_text(&d, b0);
+    let log = p.log_text(b0);
     assert_eq!(
         log.matches("[n1] ran-check").count(),
         1,
@@ -226,18 +216,16 @@ fn retry_after_fixing_the_cause_succeeds_and_reruns_only_failed_nodes() {
 #[test]
 fn exit_variable_ends_the_task_at_the_first_failed_batch() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "three", "list", "n1;n2;n3");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("three", "list", "n1;n2;n3");
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "[ \"$JOBX_NODE\" != n2 ]"}]),
     );
-    let uuid = start(&d, 10, "j", "three", json!({"_exit_": 1}));
-    let t = wait_finished(&d, 10, &uuid, T);
+    let task = p.run("j", "three", json!({"_exit_": 1}));
+    let t = task.wait_finished();
     assert_eq!(t["status"], "fail");
-    let subs = subtasks(&d, 10, &uuid);
+    let subs = task.subtasks();
     let st: Vec<&str> = subs
         .iter()
         .map(|s| s["status"].as_str().unwrap_or(""))
@@ -249,11 +237,9 @@ fn exit_variable_ends_the_task_at_the_first_failed_batch() {
 #[test]
 fn step_filters_select_batches_and_actions() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "three", "list", "n1;n2;n3");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("three", "list", "n1;n2;n3");
+    p.job(
         "j",
         json!([
             {"name": "f", "plugin": "local", "batches": "firsttime", "script": "echo FIRST $JOBX_NODE"},
@@ -263,9 +249,9 @@ fn step_filters_select_batches_and_actions() {
             {"name": "dp", "plugin": "local", "action": "deploy", "script": "echo DEPLOY $JOBX_ACTION $JOBX_NODE"}
         ]),
     );
-    let uuid = start(&d, 10, "j", "three", json!({}));
-    assert_eq!(wait_finished(&d, 10, &uuid, T)["status"], "success");
-    let log = log_text(&d, &uuid);
+    let task = p.run("j", "three", json!({}));
+    assert_eq!(task.wait_finished()["status"], "success");
+    let log = task.log_text();
     assert!(
         log.contains("[n1] FIRST n1") && !log.contains("] FIRST n2") && !log.contains("] FIRST n3")
     );
@@ -282,27 +268,26 @@ fn step_filters_select_batches_and_actions() {
 #[test]
 fn stop_during_sleep_ends_within_seconds_and_leaves_no_process() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "two", "list", "n1,n2;n3");
+    let p = six(&d);
+    p.group("two", "list", "n1,n2;n3");
     let mark = marker("stop");
-    job(
-        &d,
-        10,
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "bash -c \"sleep 300; : $1\"", "args": "${mark}", "timeout": 600}]),
     );
-    let uuid = start(&d, 10, "j", "two", json!({"mark": mark}));
+    let task = p.run("j", "two", json!({"mark": mark}));
+    let uuid = task.uuid.clone();
     wait_for("step processes to run", T, || {
         (processes_matching(&mark).len() >= 2).then_some(())
     });
     let t0 = std::time::Instant::now();
     let (st, v) = d.delete(&format!("/task/10/{uuid}"), CONTROL10);
     assert_eq!((st, v["stat"].clone()), (200, json!(true)));
-    let t = wait_finished(&d, 10, &uuid, Duration::from_secs(5));
+    let t = task.wait_finished_within(Duration::from_secs(5));
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(t["status"], "fail");
     assert_eq!(t["reason"], "stopped by control10");
-    let subs = subtasks(&d, 10, &uuid);
+    let subs = task.subtasks();
     assert_eq!(subs[0]["status"], "fail");
     assert_eq!(subs[0]["reason"], "stopped by control10");
     assert_ne!(subs[0]["confirm"], "WaitConfirm");
@@ -312,7 +297,7 @@ fn stop_during_sleep_ends_within_seconds_and_leaves_no_process() {
     });
     // stopping a finished task is a no-op that answers success
     assert_eq!(d.put(&format!("/task/10/{uuid}"), ADMIN, json!({})).0, 200);
-    assert_eq!(task(&d, 10, &uuid)["reason"], "stopped by control10");
+    assert_eq!(task.get()["reason"], "stopped by control10");
     // write is not enough to stop
     assert_eq!(d.delete(&format!("/task/10/{uuid}"), WRITER10).0, 403);
 }
@@ -320,20 +305,15 @@ fn stop_during_sleep_ends_within_seconds_and_leaves_no_process() {
 #[test]
 fn stop_releases_a_waiting_batch() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "two", "list", "n1;n2");
-    job(
-        &d,
-        10,
-        "j",
-        json!([{"plugin": "local", "script": "exit 1"}]),
-    );
-    let uuid = start(&d, 10, "j", "two", json!({}));
-    wait_confirm(&d, 10, &uuid, 0, T);
-    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
-    let t = wait_finished(&d, 10, &uuid, T);
+    let p = six(&d);
+    p.group("two", "list", "n1;n2");
+    p.job("j", json!([{"plugin": "local", "script": "exit 1"}]));
+    let task = p.run("j", "two", json!({}));
+    task.wait_confirm(0);
+    task.stop();
+    let t = task.wait_finished();
     assert_eq!(t["status"], "fail");
-    let subs = subtasks(&d, 10, &uuid);
+    let subs = task.subtasks();
     assert_eq!(subs[0]["confirm"], "task stop");
     assert_eq!(subs[1]["status"], "cancel");
 }
@@ -341,19 +321,17 @@ fn stop_releases_a_waiting_batch() {
 #[test]
 fn step_timeout_kills_the_process_group() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "one", "list", "n1");
+    let p = six(&d);
+    p.group("one", "list", "n1");
     let mark = marker("timeout");
-    job(
-        &d,
-        10,
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "bash -c \"sleep 300; : $1\" & wait", "args": "${mark}", "timeout": 2}]),
     );
-    let uuid = start(&d, 10, "j", "one", json!({"mark": mark}));
-    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    let task = p.run("j", "one", json!({"mark": mark}));
+    let subs = task.wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail");
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     assert!(log.contains("timeout"), "{log}");
     wait_for(
         "timed-out processes to be gone",
@@ -365,12 +343,10 @@ fn step_timeout_kills_the_process_group() {
 #[test]
 fn creation_checks_refuse_before_storing() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "g", "list", "n1;ghost");
-    group(&d, 10, "ok", "list", "n1");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("g", "list", "n1;ghost");
+    p.group("ok", "list", "n1");
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "echo $1", "args": "${version}"}]),
     );
@@ -433,19 +409,19 @@ fn creation_checks_refuse_before_storing() {
         json!({"jobname": "j", "group": "val=n2,n3", "variable": {"version": "1"}}),
     );
     let u = v["uuid"].as_str().expect("uuid").to_string();
-    assert_eq!(nodelists(&subtasks(&d, 10, &u)), ["n2,n3"]);
+    assert_eq!(nodelists(&p.task(&u).subtasks()), ["n2,n3"]);
     let v = d.ok_post(
         "/task/10/job/byname",
         json!({"jobname": "j", "group": "ok", "variable": {"version": "1", "_pip_": "n4,n5;n6"}}),
     );
     let u = v["uuid"].as_str().expect("uuid").to_string();
-    assert_eq!(nodelists(&subtasks(&d, 10, &u)), ["n4,n5", "n6"]);
+    assert_eq!(nodelists(&p.task(&u).subtasks()), ["n4,n5", "n6"]);
     let v = d.ok_post(
         "/task/10/job/byname",
         json!({"jobname": "j", "variable": {"version": "1", "_nodebatch_": "n5"}}),
     );
     let u = v["uuid"].as_str().expect("uuid").to_string();
-    assert_eq!(nodelists(&subtasks(&d, 10, &u)), ["n5"]);
+    assert_eq!(nodelists(&p.task(&u).subtasks()), ["n5"]);
     assert_eq!(
         d.post(
             "/task/10/job/byname",
@@ -460,23 +436,16 @@ fn creation_checks_refuse_before_storing() {
 #[test]
 fn sse_delivers_lines_while_the_step_runs() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "one", "list", "n1");
+    let p = six(&d);
+    p.group("one", "list", "n1");
     let dir = TempDir::new("sse");
     let gate = dir.path().join("gate");
-    job(
-        &d,
-        10,
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "echo '<b>first</b>'; while [ ! -e \"$GATE\" ]; do sleep 0.1; done; echo second", "timeout": 60}]),
     );
-    let uuid = start(
-        &d,
-        10,
-        "j",
-        "one",
-        json!({"GATE": gate.display().to_string()}),
-    );
+    let task = p.run("j", "one", json!({"GATE": gate.display().to_string()}));
+    let uuid = task.uuid.clone();
     let resp = ureq::get(&format!(
         "{}/slave/test-slave/log/{uuid}?format=sse",
         d.base
@@ -508,12 +477,12 @@ fn sse_delivers_lines_while_the_step_runs() {
             Ok(l) => seen.push(l),
             Err(e) => panic!(
                 "first line over SSE: {e}; seen {seen:?}\n{}",
-                log_text(&d, &uuid)
+                task.log_text()
             ),
         }
     }
     // The step is still running (held by the gate) while its first line arrived.
-    assert_eq!(task(&d, 10, &uuid)["status"], "running");
+    assert_eq!(task.get()["status"], "running");
     let data = seen.iter().find(|l| l.contains("first")).expect("line");
     let payload: Value =
         serde_json::from_str(data.trim_start_matches("data:").trim()).expect("JSON event");
@@ -534,16 +503,15 @@ fn sse_delivers_lines_while_the_step_runs() {
 #[test]
 fn html_page_escapes_and_colours() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "one", "list", "n1");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("one", "list", "n1");
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "printf '<script>alert(1)</script>\\n'; printf '\\033[31mred\\033[0m\\n'"}]),
     );
-    let uuid = start(&d, 10, "j", "one", json!({}));
-    wait_finished(&d, 10, &uuid, T);
+    let task = p.run("j", "one", json!({}));
+    let uuid = task.uuid.clone();
+    task.wait_finished();
     let resp = ureq::get(&format!("{}/slave/test-slave/log/{uuid}", d.base))
         .set("Authorization", &format!("Bearer {ADMIN}"))
         .set("Accept", "text/html")
@@ -593,17 +561,15 @@ fn html_page_escapes_and_colours() {
 #[test]
 fn output_over_the_cap_is_truncated_with_a_marker() {
     let d = Daemon::start("[logs]\nmax_bytes_per_step = 2000\n");
-    six(&d);
-    group(&d, 10, "one", "list", "n1,n2");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("one", "list", "n1,n2");
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "for i in $(seq 1 500); do echo line-$i-$JOBX_NODE; done"}]),
     );
-    let uuid = start(&d, 10, "j", "one", json!({}));
-    assert_eq!(wait_finished(&d, 10, &uuid, T)["status"], "success");
-    let log = log_text(&d, &uuid);
+    let task = p.run("j", "one", json!({}));
+    assert_eq!(task.wait_finished()["status"], "success");
+    let log = task.log_text();
     for n in ["n1", "n2"] {
         assert!(log.contains(&format!("[{n}] line-1-{n}")));
         assert!(!log.contains(&format!("[{n}] line-500-{n}")), "capped");
@@ -618,29 +584,21 @@ fn output_over_the_cap_is_truncated_with_a_marker() {
 #[test]
 fn many_tasks_at_once_and_task_listing() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "g", "list", "n1,n2;n3,n4;n5,n6");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("g", "list", "n1,n2;n3,n4;n5,n6");
+    p.job(
         "ok",
         json!([{"plugin": "local", "script": "sleep 0.2; echo $JOBX_TASK"}]),
     );
-    job(
-        &d,
-        10,
-        "bad",
-        json!([{"plugin": "local", "script": "exit 1"}]),
-    );
-    let ids: Vec<String> = (0..6)
-        .map(|_| start(&d, 10, "ok", "g", json!({})))
-        .collect();
+    p.job("bad", json!([{"plugin": "local", "script": "exit 1"}]));
+    let ids: Vec<String> = (0..6).map(|_| p.run("ok", "g", json!({})).uuid).collect();
     for id in &ids {
-        assert_eq!(wait_finished(&d, 10, id, T)["status"], "success");
-        assert!(log_text(&d, id).contains(&format!("[n6] {id}")));
+        assert_eq!(p.task(id).wait_finished()["status"], "success");
+        assert!(p.log_text(id).contains(&format!("[n6] {id}")));
     }
-    let bad = start(&d, 10, "bad", "g", json!({}));
-    wait_confirm(&d, 10, &bad, 0, T);
+    let bad = p.run("bad", "g", json!({}));
+    bad.wait_confirm(0);
+    let bad = bad.uuid;
     let all = d.data("/task/10");
     assert_eq!(all.as_array().map(Vec::len), Some(7));
     // The newest rows, in ascending id (OPEN-C3's order): the newest is last.
@@ -692,20 +650,19 @@ fn many_tasks_at_once_and_task_listing() {
 #[test]
 fn sigkill_of_the_daemon_leaves_no_step_process_and_restart_waits_for_a_person() {
     let mut d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "two", "list", "n1,n2;n3");
+    let p = six(&d);
+    p.group("two", "list", "n1,n2;n3");
     let mark = marker("crash");
-    job(
-        &d,
-        10,
+    p.job(
         "j",
         json!([{"plugin": "local", "script": "bash -c \"sleep 300; : $1\"", "args": "${mark}", "timeout": 600}]),
     );
-    let uuid = start(&d, 10, "j", "two", json!({"mark": mark}));
+    let task = p.run("j", "two", json!({"mark": mark}));
     wait_for("step processes", T, || {
         (processes_matching(&mark).len() >= 2).then_some(())
     });
-    let before = task(&d, 10, &uuid);
+    let before = task.get();
+    let uuid = task.uuid;
     d.kill9();
     wait_for(
         "orphaned step processes to die",
@@ -713,25 +670,25 @@ fn sigkill_of_the_daemon_leaves_no_step_process_and_restart_waits_for_a_person()
         || processes_matching(&mark).is_empty().then_some(()),
     );
     d.restart();
-    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    let task = d.project(10).task(&uuid);
+    let subs = task.wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail");
     assert_eq!(subs[0]["reason"], "interrupted by daemon restart");
     assert_eq!(subs[1]["status"], "init");
-    let t = task(&d, 10, &uuid);
+    let t = task.get();
     assert_eq!(t["status"], "running");
     assert_eq!(t["starttime"], before["starttime"]);
     assert!(
         processes_matching(&mark).is_empty(),
         "nothing re-executed without a person"
     );
-    let b0 = subs[0]["uuid"].as_str().expect("uuid");
-    d.ok_put(&format!("/subtask/10/{b0}/confirm"), json!({}));
+    task.confirm(0, None);
     // batch 2 runs the sleep again; stop it to finish
     wait_for("batch 2 to run", T, || {
         (!processes_matching(&mark).is_empty()).then_some(())
     });
-    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
-    let t = wait_finished(&d, 10, &uuid, T);
+    task.stop();
+    let t = task.wait_finished();
     assert_eq!(t["status"], "fail");
     wait_for("stopped processes to die", Duration::from_secs(5), || {
         processes_matching(&mark).is_empty().then_some(())
@@ -767,39 +724,36 @@ fn a_panicking_plugin_fails_only_its_step() {
         "{}",
         d.stderr()
     );
-    nodes(&d, 10, &["n1", "n2"]);
-    group(&d, 10, "g", "list", "n1,n2");
+    let p = d.project(10);
+    p.nodes(&["n1", "n2"]);
+    p.group("g", "list", "n1,n2");
     for (name, script, why) in [
         ("p1", "panic", "fixture panic in start"),
         ("p2", "panic-later", ""),
     ] {
-        job(
-            &d,
-            10,
+        p.job(
             name,
             json!([{"plugin": "crashy", "script": script, "timeout": 5}]),
         );
-        let u = start(&d, 10, name, "g", json!({}));
-        let subs = wait_confirm(&d, 10, &u, 0, T);
+        let task = p.run(name, "g", json!({}));
+        let subs = task.wait_confirm(0);
         assert_eq!(subs[0]["status"], "fail");
-        let log = log_text(&d, &u);
+        let log = task.log_text();
         assert!(
             log.contains("[n1] failed:") && log.contains("[n2] failed:"),
             "{log}"
         );
         assert!(log.contains(why), "{log}");
-        d.ok_put(&format!("/task/10/{u}"), json!({}));
+        task.stop();
     }
     // the daemon lives on: other steps of the same plugin and other plugins run
-    job(
-        &d,
-        10,
+    p.job(
         "fine",
         json!([{"plugin": "crashy", "script": "hello"}, {"plugin": "local", "script": "echo local ok"}]),
     );
-    let u = start(&d, 10, "fine", "g", json!({}));
-    assert_eq!(wait_finished(&d, 10, &u, T)["status"], "success");
-    let log = log_text(&d, &u);
+    let task = p.run("fine", "g", json!({}));
+    assert_eq!(task.wait_finished()["status"], "success");
+    let log = task.log_text();
     assert!(
         log.contains("[n1] crashy says hello") && log.contains("[n2] local ok"),
         "{log}"
@@ -837,17 +791,15 @@ fn a_bad_library_in_the_plugin_dir_is_refused_with_its_name() {
 #[test]
 fn long_logs_come_out_whole_and_in_order() {
     let d = Daemon::start("");
-    six(&d);
-    group(&d, 10, "g", "list", "n1,n2,n3");
-    job(
-        &d,
-        10,
+    let p = six(&d);
+    p.group("g", "list", "n1,n2,n3");
+    p.job(
         "chatty",
         json!([{"plugin": "local", "script": "for i in $(seq 1 3000); do echo \"$JOBX_NODE line $i\"; done"}]),
     );
-    let uuid = start(&d, 10, "chatty", "g", json!({}));
-    assert_eq!(wait_finished(&d, 10, &uuid, T)["status"], "success");
-    let log = log_text(&d, &uuid);
+    let task = p.run("chatty", "g", json!({}));
+    assert_eq!(task.wait_finished()["status"], "success");
+    let log = task.log_text();
     for n in ["n1", "n2", "n3"] {
         let lines: Vec<&str> = log
             .lines()
