@@ -1,15 +1,15 @@
 //! Bad input never produces a 5xx or a panic, and never changes stored data.
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
 use serde_json::json;
 
 #[test]
 fn garbage_on_every_route_is_a_4xx_and_changes_nothing() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["a", "b"]);
-    group(&d, 10, "g", "list", "a;b");
-    job(&d, 10, "j", json!([{"plugin": "local", "script": "true"}]));
+    let p = d.project(10);
+    p.nodes(&["a", "b"]);
+    p.group("g", "list", "a;b");
+    p.job("j", json!([{"plugin": "local", "script": "true"}]));
     let before: Vec<_> = ["/node/10", "/group/10", "/job/10", "/task/10"]
         .iter()
         .map(|p| d.data(p))

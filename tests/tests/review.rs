@@ -1,25 +1,20 @@
 //! Contract edge cases found in review, each through the real binary.
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
 use serde_json::json;
-use std::time::Duration;
-
-const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_task_uuid_can_not_take_a_batch_uuid_and_read_its_log() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["n1"]);
-    job(
-        &d,
-        10,
+    let p = d.project(10);
+    p.nodes(&["n1"]);
+    p.job(
         "secret",
         json!([{"plugin": "local", "script": "echo the-secret-of-10"}]),
     );
-    let uuid = start(&d, 10, "secret", "val=n1", json!({}));
-    wait_finished(&d, 10, &uuid, T);
-    let batch = subtasks(&d, 10, &uuid)[0]["uuid"]
+    let task = p.run("secret", "val=n1", json!({}));
+    task.wait_finished();
+    let batch = task.subtasks()[0]["uuid"]
         .as_str()
         .expect("batch uuid")
         .to_string();
@@ -59,13 +54,9 @@ fn a_task_uuid_can_not_take_a_batch_uuid_and_read_its_log() {
 #[test]
 fn names_in_paths_are_percent_decoded() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["web 1", "ü/2"]);
-    job(
-        &d,
-        10,
-        "deploy app",
-        json!([{"plugin": "local", "script": "true"}]),
-    );
+    let p = d.project(10);
+    p.nodes(&["web 1", "ü/2"]);
+    p.job("deploy app", json!([{"plugin": "local", "script": "true"}]));
     let (st, v) = d.get("/job/10/deploy%20app", ADMIN);
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["data"]["name"], "deploy app");
@@ -82,14 +73,15 @@ fn names_in_paths_are_percent_decoded() {
 #[test]
 fn third_party_calls_without_a_token_are_401_whether_the_task_exists_or_not() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["n1"]);
-    job(&d, 10, "j", json!([{"plugin": "local", "script": "true"}]));
+    let p = d.project(10);
+    p.nodes(&["n1"]);
+    p.job("j", json!([{"plugin": "local", "script": "true"}]));
     let v = d.ok_post(
         "/third/interface/invoke",
         json!({"project_id": 10, "uuid": "Caller000001", "params": {"jobname": "j", "group": "val=n1"}}),
     );
     let uuid = v["uuid"].as_str().expect("uuid").to_string();
-    wait_finished(&d, 10, &uuid, T);
+    p.task(&uuid).wait_finished();
     for path in ["/third/interface/query", "/third/interface/stop"] {
         for caller in ["Caller000001", "Nobody000001"] {
             let (st, v) = d.req("POST", path, None, Some(&json!({"uuid": caller})));
@@ -105,17 +97,18 @@ fn third_party_calls_without_a_token_are_401_whether_the_task_exists_or_not() {
 #[test]
 fn nodebatch_is_honoured_only_by_job_byname_and_auth_comes_first() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["n1", "n2"]);
-    job(&d, 10, "j", json!([{"plugin": "local", "script": "true"}]));
+    let p = d.project(10);
+    p.nodes(&["n1", "n2"]);
+    p.job("j", json!([{"plugin": "local", "script": "true"}]));
     // job/byname: the top-level field picks one node
     let v = d.ok_post(
         "/task/10/job/byname",
         json!({"jobname": "j", "_nodebatch_": "n2"}),
     );
     let u = v["uuid"].as_str().expect("uuid").to_string();
-    assert_eq!(subtasks(&d, 10, &u)[0]["nodelist"], "n2");
+    assert_eq!(p.task(&u).subtasks()[0]["nodelist"], "n2");
     assert_eq!(
-        task(&d, 10, &u)["variables"],
+        p.task(&u).get()["variables"],
         json!({}),
         "the variable stays as given"
     );
