@@ -2,7 +2,7 @@
 //! notifications, step log retention, and backup/restore while tasks run.
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
+use jobx_tests::project::Project;
 use serde_json::{json, Value};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -135,37 +135,33 @@ fn systemd_hears_ready_reloading_and_stopping() {
 }
 
 fn log_of(d: &Daemon, key: &str) -> String {
-    log_text(d, key)
+    d.project(10).log_text(key)
 }
 
 /// The three log keys of a one-batch, one-step task: task, batch, step.
-fn keys(d: &Daemon, uuid: &str, step: &str) -> [String; 3] {
-    let subs = subtasks(d, 10, uuid);
-    let b = subs[0]["uuid"].as_str().expect("batch uuid").to_string();
+fn keys(p: &Project, uuid: &str, step: &str) -> [String; 3] {
+    let b = p.task(uuid).batch_uuid(0);
     [uuid.to_string(), b.clone(), format!("{b}{step}local")]
 }
 
-fn run_task(d: &Daemon, job_name: &str) -> String {
-    let uuid = start(d, 10, job_name, "g", json!({}));
-    let t = wait_finished(d, 10, &uuid, Duration::from_secs(30));
+fn run_task(p: &Project, job_name: &str) -> String {
+    let task = p.run(job_name, "g", json!({}));
+    let t = task.wait_finished();
     assert_eq!(t["status"], "success", "{t}");
-    uuid
+    task.uuid
 }
 
 #[test]
 fn retention_prunes_old_step_logs_and_keeps_tasks_and_recent_logs() {
     let mut d = Daemon::start("[logs]\nretention_days = 0\nretention_check_secs = 1\n");
-    nodes(&d, 10, &["a"]);
-    group(&d, 10, "g", "list", "a");
-    let j_old = job(
-        &d,
-        10,
+    let p = d.project(10);
+    p.nodes(&["a"]);
+    p.group("g", "list", "a");
+    let j_old = p.job(
         "old",
         json!([{"plugin": "local", "script": "echo old-output"}]),
     );
-    let j_new = job(
-        &d,
-        10,
+    let j_new = p.job(
         "new",
         json!([{"plugin": "local", "script": "echo new-output"}]),
     );
@@ -179,12 +175,13 @@ fn retention_prunes_old_step_logs_and_keeps_tasks_and_recent_logs() {
     // One task finishes on 1 January, the other on 15 February.
     d.fake_time(Some("2030-01-01 00:00:00"));
     d.restart();
-    let old = run_task(&d, "old");
+    let old = run_task(&d.project(10), "old");
     d.fake_time(Some("2030-02-15 00:00:00"));
     d.restart();
-    let new = run_task(&d, "new");
-    let old_keys = keys(&d, &old, &step(&j_old));
-    let new_keys = keys(&d, &new, &step(&j_new));
+    let p = d.project(10);
+    let new = run_task(&p, "new");
+    let old_keys = keys(&p, &old, &step(&j_old));
+    let new_keys = keys(&p, &new, &step(&j_new));
     for k in &old_keys {
         assert!(log_of(&d, k).contains("old-output"), "{k}");
     }
@@ -217,7 +214,8 @@ fn retention_prunes_old_step_logs_and_keeps_tasks_and_recent_logs() {
         );
     }
     // Both tasks and their batches are still listed, with their outcome.
-    let t = task(&d, 10, &old);
+    let p = d.project(10);
+    let t = p.task(&old).get();
     assert_eq!(t["status"], "success");
     assert!(
         t["finishtime"]
@@ -225,8 +223,8 @@ fn retention_prunes_old_step_logs_and_keeps_tasks_and_recent_logs() {
             .is_some_and(|f| f.starts_with("2030-01-01")),
         "{t}"
     );
-    assert_eq!(subtasks(&d, 10, &old).len(), 1);
-    assert_eq!(task(&d, 10, &new)["status"], "success");
+    assert_eq!(p.task(&old).subtasks().len(), 1);
+    assert_eq!(p.task(&new).get()["status"], "success");
     let listed: Vec<Value> = d.data("/task/10").as_array().cloned().unwrap_or_default();
     assert_eq!(listed.len(), 2, "{listed:?}");
     // The pass reports what it removed once it is through.
@@ -259,27 +257,22 @@ fn backup(d: &Daemon, to: &Path, env: &[(&str, &str)]) -> std::process::Output {
 #[test]
 fn backup_during_a_running_task_restores_tasks_groups_and_logs() {
     let d = Daemon::start("");
-    nodes(&d, 10, &["a", "b"]);
-    group(&d, 10, "g", "list", "a");
-    group(&d, 10, "g2", "list", "a,b");
-    job(
-        &d,
-        10,
+    let p = d.project(10);
+    p.nodes(&["a", "b"]);
+    p.group("g", "list", "a");
+    p.group("g2", "list", "a,b");
+    p.job(
         "done",
         json!([{"plugin": "local", "script": "echo finished-output"}]),
     );
-    let done = run_task(&d, "done");
-    job(
-        &d,
-        10,
+    let done = run_task(&p, "done");
+    p.job(
         "slow",
         json!([{"plugin": "local", "script": "echo running-output; sleep 120"}]),
     );
-    let running = start(&d, 10, "slow", "g", json!({}));
+    let running = p.run("slow", "g", json!({}));
     wait_for("the running task's output", Duration::from_secs(30), || {
-        log_text(&d, &running)
-            .contains("running-output")
-            .then_some(())
+        running.log_text().contains("running-output").then_some(())
     });
 
     // Only an admin on every project may take a backup.
@@ -305,11 +298,7 @@ fn backup_during_a_running_task_restores_tasks_groups_and_logs() {
         said.contains("written to") && said.contains("2 tasks"),
         "{said}"
     );
-    assert_eq!(
-        task(&d, 10, &running)["status"],
-        "running",
-        "the task ran on"
-    );
+    assert_eq!(running.get()["status"], "running", "the task ran on");
     let meta = std::fs::metadata(&file).expect("backup file");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -327,6 +316,7 @@ fn backup_during_a_running_task_restores_tasks_groups_and_logs() {
     r.term();
     std::fs::copy(&file, r.data_dir().join("jobx.redb")).expect("restore");
     r.restart();
+    let rp = r.project(10);
     assert_eq!(r.data("/group/10"), d.data("/group/10"));
     assert_eq!(r.data("/node/10"), d.data("/node/10"));
     let uuids = |x: &Daemon| {
@@ -342,12 +332,12 @@ fn backup_during_a_running_task_restores_tasks_groups_and_logs() {
         v
     };
     assert_eq!(uuids(&r), uuids(&d));
-    assert_eq!(task(&r, 10, &done)["status"], "success");
+    assert_eq!(rp.task(&done).get()["status"], "success");
     assert_eq!(
-        task(&r, 10, &done)["finishtime"],
-        task(&d, 10, &done)["finishtime"]
+        rp.task(&done).get()["finishtime"],
+        p.task(&done).get()["finishtime"]
     );
-    assert!(log_text(&r, &done).contains("finished-output"));
-    assert!(log_text(&r, &running).contains("running-output"));
-    assert_eq!(subtasks(&r, 10, &running).len(), 1);
+    assert!(rp.log_text(&done).contains("finished-output"));
+    assert!(rp.log_text(&running.uuid).contains("running-output"));
+    assert_eq!(rp.task(&running.uuid).subtasks().len(), 1);
 }
