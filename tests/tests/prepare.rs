@@ -4,7 +4,7 @@
 //! batch's master connections early, and its steps then use them.
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
+use jobx_tests::project::TaskRef;
 use jobx_tests::sshd::SshdFleet;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -53,22 +53,21 @@ fn a_plugin_without_the_hook_loads_and_runs_every_batch() {
         "{}",
         d.stderr()
     );
-    nodes(&d, 10, &["n1", "n2", "n3"]);
-    group(&d, 10, "g", "list", "n1;n2;n3");
-    job(
-        &d,
-        10,
+    let p = d.project(10);
+    p.nodes(&["n1", "n2", "n3"]);
+    p.group("g", "list", "n1;n2;n3");
+    p.job(
         "mixed",
         json!([
             {"plugin": "crashy", "script": "hello"},
             {"plugin": "local", "script": "echo local on $JOBX_NODE"}
         ]),
     );
-    let u = start(&d, 10, "mixed", "g", json!({}));
-    let t = wait_finished(&d, 10, &u, T);
-    let log = log_text(&d, &u);
+    let task = p.run("mixed", "g", json!({}));
+    let t = task.wait_finished();
+    let log = task.log_text();
     assert_eq!(t["status"], "success", "{log}");
-    assert_eq!(subtasks(&d, 10, &u).len(), 3);
+    assert_eq!(task.subtasks().len(), 3);
     for n in ["n1", "n2", "n3"] {
         assert!(log.contains(&format!("[{n}] crashy says hello")), "{log}");
         assert!(log.contains(&format!("[{n}] local on {n}")), "{log}");
@@ -80,8 +79,8 @@ fn logins(fleet: &SshdFleet, i: usize) -> usize {
     fleet.server(i).log().matches("Accepted publickey").count()
 }
 
-fn status_of(d: &Daemon, uuid: &str, batch: usize) -> String {
-    subtasks(d, 10, uuid)
+fn status_of(task: &TaskRef, batch: usize) -> String {
+    task.subtasks()
         .get(batch)
         .and_then(|s| s["status"].as_str())
         .unwrap_or("")
@@ -103,13 +102,12 @@ fn the_next_batch_master_is_up_before_its_first_step_and_is_the_one_it_uses() {
         })
         .collect();
     d.ok_post("/node/10", json!({ "nodes": list }));
-    group(&d, 10, "one-by-one", "list", "s1;s2;s3");
+    let p = d.project(10);
+    p.group("one-by-one", "list", "s1;s2;s3");
     // Each node's step waits for its gate file (the servers run on this
     // machine), so the test decides when each batch may end.
     let gates = TempDir::new("prepare-gates");
-    job(
-        &d,
-        10,
+    p.job(
         "gated",
         json!([{
             "name": "gated",
@@ -118,9 +116,7 @@ fn the_next_batch_master_is_up_before_its_first_step_and_is_the_one_it_uses() {
         }]),
     );
     let gate = |n: &str| std::fs::write(gates.path().join(n), "").expect("gate file");
-    let uuid = start(
-        &d,
-        10,
+    let task = p.run(
         "gated",
         "one-by-one",
         json!({"gate": gates.path().display().to_string()}),
@@ -134,24 +130,24 @@ fn the_next_batch_master_is_up_before_its_first_step_and_is_the_one_it_uses() {
     wait_for("s2's master to be opened early", T, || {
         (logins(&fleet, 1) == 1).then_some(())
     });
-    assert_eq!(status_of(&d, &uuid, 0), "running");
-    assert_eq!(status_of(&d, &uuid, 1), "init", "batch 2 has not started");
+    assert_eq!(status_of(&task, 0), "running");
+    assert_eq!(status_of(&task, 1), "init", "batch 2 has not started");
     // Only the next batch is prepared, not the one after it.
     assert_eq!(logins(&fleet, 2), 0, "{}", fleet.server(2).log());
 
     gate("s1");
     wait_for("batch 2 to start", T, || {
-        (status_of(&d, &uuid, 1) == "running").then_some(())
+        (status_of(&task, 1) == "running").then_some(())
     });
     wait_for("s3's master to be opened early", T, || {
         (logins(&fleet, 2) == 1).then_some(())
     });
-    assert_eq!(status_of(&d, &uuid, 2), "init", "batch 3 has not started");
+    assert_eq!(status_of(&task, 2), "init", "batch 3 has not started");
 
     gate("s2");
     gate("s3");
-    let t = wait_finished(&d, 10, &uuid, T);
-    let log = log_text(&d, &uuid);
+    let t = task.wait_finished();
+    let log = task.log_text();
     assert_eq!(t["status"], "success", "{log}");
     for (i, n) in ["s1", "s2", "s3"].iter().enumerate() {
         assert!(log.contains(&format!("[{n}] released {n}")), "{log}");
