@@ -3,7 +3,7 @@
 //! on the node" is checked on this machine's process table).
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
+use jobx_tests::flow::{marker, processes_matching};
 use jobx_tests::sshd::SshdFleet;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -32,13 +32,12 @@ fn ssh_nodes(d: &Daemon, fleet: &SshdFleet, names: &[(&str, usize)]) {
 fn six_nodes_in_three_batches_with_intact_variables() {
     let fleet = SshdFleet::start(6).expect("sshd fleet (tests/run.sh installs openssh-server)");
     let d = daemon_for(&fleet);
+    let p = d.project(10);
     let names = ["s1", "s2", "s3", "s4", "s5", "s6"];
     let pairs: Vec<(&str, usize)> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     ssh_nodes(&d, &fleet, &pairs);
-    group(&d, 10, "three", "list", "s1,s2;s3,s4;s5,s6");
-    job(
-        &d,
-        10,
+    p.group("three", "list", "s1,s2;s3,s4;s5,s6");
+    p.job(
         "remote",
         json!([
             {"name": "where", "plugin": "ssh", "script": "echo \"on $JOBX_NODE batch $JOBX_BATCH/$JOBX_BATCHES via $SSH_CONNECTION\""},
@@ -46,11 +45,11 @@ fn six_nodes_in_three_batches_with_intact_variables() {
         ]),
     );
     let tricky = "a b  \"c\" 'd' $HOME `id` \\e; $(echo no) *";
-    let uuid = start(&d, 10, "remote", "three", json!({"tricky": tricky}));
-    let t = wait_finished(&d, 10, &uuid, T);
-    let log = log_text(&d, &uuid);
+    let task = p.run("remote", "three", json!({"tricky": tricky}));
+    let t = task.wait_finished();
+    let log = task.log_text();
     assert_eq!(t["status"], "success", "{log}");
-    let subs = subtasks(&d, 10, &uuid);
+    let subs = task.subtasks();
     assert_eq!(
         subs.iter()
             .map(|s| s["nodelist"].as_str().unwrap_or(""))
@@ -80,8 +79,9 @@ fn six_nodes_in_three_batches_with_intact_variables() {
 fn scp_of_a_file_and_a_directory() {
     let fleet = SshdFleet::start(1).expect("sshd");
     let d = daemon_for(&fleet);
+    let p = d.project(10);
     ssh_nodes(&d, &fleet, &[("s1", 0)]);
-    group(&d, 10, "one", "list", "s1");
+    p.group("one", "list", "s1");
     let dir = TempDir::new("scp");
     let src_file = dir.path().join("app.conf");
     std::fs::write(&src_file, "key = value\n").expect("write");
@@ -92,18 +92,16 @@ fn scp_of_a_file_and_a_directory() {
     let dst = dir.path().join("remote");
     std::fs::create_dir_all(dst.join("www")).expect("mkdir");
     std::fs::write(dst.join("www/stale.txt"), "old").expect("write");
-    job(
-        &d,
-        10,
+    p.job(
         "copy",
         json!([
             {"name": "file", "plugin": "ssh", "kind": "scp", "src": src_file.display().to_string(), "dst": format!("{}/app-${{version}}.conf", dst.display()), "chmod": "0640"},
             {"name": "dir", "plugin": "ssh", "kind": "scp", "src": src_dir.display().to_string(), "dst": format!("{}/www", dst.display()), "delete": true}
         ]),
     );
-    let uuid = start(&d, 10, "copy", "one", json!({"version": "7"}));
-    let t = wait_finished(&d, 10, &uuid, T);
-    assert_eq!(t["status"], "success", "{}", log_text(&d, &uuid));
+    let task = p.run("copy", "one", json!({"version": "7"}));
+    let t = task.wait_finished();
+    assert_eq!(t["status"], "success", "{}", task.log_text());
     let copied = dst.join("app-7.conf");
     assert_eq!(
         std::fs::read_to_string(&copied).expect("copied file"),
@@ -136,50 +134,49 @@ fn scp_of_a_file_and_a_directory() {
 fn failing_unreachable_and_changed_host_key_nodes() {
     let mut fleet = SshdFleet::start(2).expect("sshd");
     let d = daemon_for(&fleet);
+    let p = d.project(10);
     ssh_nodes(&d, &fleet, &[("ok", 0), ("bad", 1)]);
     let (addr, port) = jobx_tests::sshd::unused_endpoint().expect("free port");
     d.ok_post(
         "/node/10",
         json!({"nodes": [{"name": "gone", "host": addr.to_string(), "port": port}]}),
     );
-    group(&d, 10, "both", "list", "ok,bad");
-    group(&d, 10, "gone", "list", "gone,ok");
-    job(
-        &d,
-        10,
+    p.group("both", "list", "ok,bad");
+    p.group("gone", "list", "gone,ok");
+    p.job(
         "j",
         json!([{"plugin": "ssh", "script": "[ \"$JOBX_NODE\" != bad ] || { echo failing on purpose; exit 4; }; echo fine"}]),
     );
     // a failing node makes its batch wait
-    let uuid = start(&d, 10, "j", "both", json!({}));
-    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    let task = p.run("j", "both", json!({}));
+    let subs = task.wait_confirm(0);
     assert!(subs[0]["reason"].as_str().unwrap_or("").contains("bad"));
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     assert!(
         log.contains("[bad] failing on purpose")
             && log.contains("[bad] exit code 4")
             && log.contains("[ok] fine"),
         "{log}"
     );
-    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
+    task.stop();
     // nothing listening: fails fast as unreachable, without holding up the other node
     let t0 = std::time::Instant::now();
-    let uuid = start(&d, 10, "j", "gone", json!({}));
-    wait_confirm(&d, 10, &uuid, 0, T);
+    let task = p.run("j", "gone", json!({}));
+    task.wait_confirm(0);
     assert!(
         t0.elapsed() < Duration::from_secs(20),
         "took {:?}",
         t0.elapsed()
     );
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     assert!(log.contains("[gone] failed: unreachable"), "{log}");
     assert!(log.contains("[ok] fine"), "{log}");
-    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
+    task.stop();
     // a changed host key fails the node with a message that says so
     fleet.regenerate_host_key(0).expect("new host key");
-    let uuid = start(&d, 10, "j", "both", json!({}));
-    wait_confirm(&d, 10, &uuid, 0, T);
-    let log = log_text(&d, &uuid);
+    let task = p.run("j", "both", json!({}));
+    task.wait_confirm(0);
+    let log = task.log_text();
     let line = log
         .lines()
         .find(|l| l.starts_with("[ok] failed:"))
@@ -191,22 +188,21 @@ fn failing_unreachable_and_changed_host_key_nodes() {
 fn stop_and_daemon_death_leave_no_remote_process() {
     let fleet = SshdFleet::start(2).expect("sshd");
     let mut d = daemon_for(&fleet);
+    let p = d.project(10);
     ssh_nodes(&d, &fleet, &[("s1", 0), ("s2", 1)]);
-    group(&d, 10, "g", "list", "s1,s2");
-    job(
-        &d,
-        10,
+    p.group("g", "list", "s1,s2");
+    p.job(
         "sleepy",
         json!([{"plugin": "ssh", "script": "bash -c \"sleep 300; : $1\"", "args": "${mark}", "timeout": 600}]),
     );
     let mark = marker("sshstop");
-    let uuid = start(&d, 10, "sleepy", "g", json!({"mark": mark}));
+    let task = p.run("sleepy", "g", json!({"mark": mark}));
     wait_for("remote sleeps", T, || {
         (processes_matching(&mark).len() >= 2).then_some(())
     });
-    d.ok_put(&format!("/task/10/{uuid}"), json!({}));
+    task.stop();
     assert_eq!(
-        wait_finished(&d, 10, &uuid, Duration::from_secs(10))["status"],
+        task.wait_finished_within(Duration::from_secs(10))["status"],
         "fail"
     );
     wait_for(
@@ -216,7 +212,7 @@ fn stop_and_daemon_death_leave_no_remote_process() {
     );
 
     let mark = marker("sshkill");
-    let uuid = start(&d, 10, "sleepy", "g", json!({"mark": mark}));
+    let uuid = p.run("sleepy", "g", json!({"mark": mark})).uuid;
     wait_for("remote sleeps", T, || {
         (processes_matching(&mark).len() >= 2).then_some(())
     });
@@ -227,7 +223,7 @@ fn stop_and_daemon_death_leave_no_remote_process() {
         || processes_matching(&mark).is_empty().then_some(()),
     );
     d.restart();
-    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    let subs = d.project(10).task(&uuid).wait_confirm(0);
     assert_eq!(subs[0]["reason"], "interrupted by daemon restart");
 }
 
@@ -235,6 +231,7 @@ fn stop_and_daemon_death_leave_no_remote_process() {
 fn thirty_nodes_in_one_batch_against_default_sshds() {
     let fleet = SshdFleet::start(2).expect("sshd");
     let d = daemon_for(&fleet);
+    let p = d.project(10);
     let names: Vec<String> = (1..=30).map(|i| format!("m{i:02}")).collect();
     let pairs: Vec<(&str, usize)> = names
         .iter()
@@ -242,16 +239,14 @@ fn thirty_nodes_in_one_batch_against_default_sshds() {
         .map(|(i, n)| (n.as_str(), i % 2))
         .collect();
     ssh_nodes(&d, &fleet, &pairs);
-    group(&d, 10, "all", "list", &names.join(","));
-    job(
-        &d,
-        10,
+    p.group("all", "list", &names.join(","));
+    p.job(
         "hello",
         json!([{"plugin": "ssh", "script": "echo hello from $JOBX_NODE"}, {"plugin": "ssh", "script": "echo again $JOBX_NODE"}]),
     );
-    let uuid = start(&d, 10, "hello", "all", json!({}));
-    let t = wait_finished(&d, 10, &uuid, Duration::from_secs(120));
-    let log = log_text(&d, &uuid);
+    let task = p.run("hello", "all", json!({}));
+    let t = task.wait_finished_within(Duration::from_secs(120));
+    let log = task.log_text();
     assert_eq!(t["status"], "success", "{log}");
     for n in &names {
         assert!(log.contains(&format!("[{n}] hello from {n}")), "{n}");
