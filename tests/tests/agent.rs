@@ -28,7 +28,7 @@ fn config() -> String {
 
 fn daemon() -> Daemon {
     let d = Daemon::start(&config());
-    nodes(&d, 10, &NAMES);
+    d.project(10).nodes(&NAMES);
     d
 }
 
@@ -174,15 +174,14 @@ fn raw(d: &Daemon, name: &str, token: &str, path: &str, body: Value) -> (u16, Va
 #[test]
 fn five_agents_run_two_batches_with_output_and_exit_codes_per_node() {
     let d = daemon();
+    let p = d.project(10);
     let _agents: Vec<Agent> = NAMES
         .iter()
         .map(|n| Agent::start(&d, n, &format!("tok-{n}")))
         .collect();
     wait_waiting(&d, &NAMES);
-    group(&d, 10, "two", "list", "n1,n2,n3;n4,n5");
-    job(
-        &d,
-        10,
+    p.group("two", "list", "n1,n2,n3;n4,n5");
+    p.job(
         "hello",
         json!([
             {"name": "greet", "plugin": "agent-pull",
@@ -192,8 +191,8 @@ fn five_agents_run_two_batches_with_output_and_exit_codes_per_node() {
              "script": "[ \"$JOBX_NODE\" != n5 ] || { echo broken; exit 3; }; echo fine"}
         ]),
     );
-    let uuid = start(&d, 10, "hello", "two", json!({"version": "1.2 beta"}));
-    let subs = wait_confirm(&d, 10, &uuid, 1, T);
+    let task = p.run("hello", "two", json!({"version": "1.2 beta"}));
+    let subs = task.wait_confirm(1);
     assert_eq!(subs[0]["status"], "success", "{subs:?}");
     assert_eq!(subs[1]["status"], "fail");
     assert!(
@@ -201,7 +200,7 @@ fn five_agents_run_two_batches_with_output_and_exit_codes_per_node() {
         "{}",
         subs[1]
     );
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     for (n, batch, ip) in [
         ("n1", 1, "n1,n2,n3"),
         ("n2", 1, "n1,n2,n3"),
@@ -239,32 +238,35 @@ fn five_agents_run_two_batches_with_output_and_exit_codes_per_node() {
 #[test]
 fn an_agent_killed_mid_step_fails_its_node_as_agent_lost() {
     let d = daemon();
+    let p = d.project(10);
     let mut a1 = Agent::start(&d, "n1", "tok-n1");
     let _a2 = Agent::start(&d, "n2", "tok-n2");
     wait_waiting(&d, &["n1", "n2"]);
-    group(&d, 10, "pair", "list", "n1,n2");
+    p.group("pair", "list", "n1,n2");
     let mark = marker("lost");
-    job(
-        &d,
-        10,
+    p.job(
         "slow",
         json!([{"plugin": "agent-pull", "args": mark,
                 "script": "if [ \"$JOBX_NODE\" = n1 ]; then echo started; sleep 60; fi; echo quick"}]),
     );
-    let uuid = start(&d, 10, "slow", "pair", json!({}));
-    wait_log(&d, &uuid, "[n1] started");
+    let task = p.run("slow", "pair", json!({}));
+    wait_log(&d, &task.uuid, "[n1] started");
     assert!(!processes_matching(&mark).is_empty(), "the step runs");
     let running = agent_info(&d, "n1");
-    assert_eq!(running["running"][0]["task"], uuid.as_str(), "{running}");
+    assert_eq!(
+        running["running"][0]["task"],
+        task.uuid.as_str(),
+        "{running}"
+    );
     a1.kill9();
-    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    let subs = task.wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail");
     assert!(
         subs[0]["reason"].as_str().unwrap_or("").contains("n1"),
         "{}",
         subs[0]
     );
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     assert!(log.contains("[n1] failed: agent lost"), "{log}");
     assert!(log.contains("[n2] exit code 0"), "{log}");
     // The agent's watchdog took the step down with it.
@@ -274,24 +276,23 @@ fn an_agent_killed_mid_step_fails_its_node_as_agent_lost() {
 #[test]
 fn stop_kills_the_step_on_the_agent() {
     let d = daemon();
+    let p = d.project(10);
     let a1 = Agent::start(&d, "n1", "tok-n1");
     wait_waiting(&d, &["n1"]);
-    group(&d, 10, "one", "list", "n1");
+    p.group("one", "list", "n1");
     let mark = marker("stop");
-    job(
-        &d,
-        10,
+    p.job(
         "long",
         json!([{"plugin": "agent-pull", "args": mark, "timeout": 300,
                 "script": "echo started; sleep 120 & wait"}]),
     );
-    let uuid = start(&d, 10, "long", "one", json!({}));
-    wait_log(&d, &uuid, "[n1] started");
+    let task = p.run("long", "one", json!({}));
+    wait_log(&d, &task.uuid, "[n1] started");
     assert!(!processes_matching(&mark).is_empty());
     let asked = Instant::now();
-    let (st, v) = d.delete(&format!("/task/10/{uuid}"), ADMIN);
+    let (st, v) = d.delete(&format!("/task/10/{}", task.uuid), ADMIN);
     assert_eq!(st, 200, "{v}");
-    let t = wait_finished(&d, 10, &uuid, T);
+    let t = task.wait_finished();
     assert_eq!(t["status"], "fail");
     assert_eq!(t["reason"], "stopped by admin");
     wait_gone(&mark);
@@ -300,27 +301,26 @@ fn stop_kills_the_step_on_the_agent() {
         "stop took {:?}",
         asked.elapsed()
     );
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     assert!(log.contains("[n1] failed: cancelled"), "{log}");
     assert!(
         log.contains("[n1] cancelled: terminating the step"),
         "{log}"
     );
     // The agent carries on: it takes the next task.
-    job(
-        &d,
-        10,
+    p.job(
         "after",
         json!([{"plugin": "agent-pull", "script": "echo again"}]),
     );
-    let next = start(&d, 10, "after", "one", json!({}));
-    assert_eq!(wait_finished(&d, 10, &next, T)["status"], "success");
+    let next = p.run("after", "one", json!({}));
+    assert_eq!(next.wait_finished()["status"], "success");
     drop(a1);
 }
 
 #[test]
 fn wrong_or_foreign_tokens_are_refused() {
     let d = daemon();
+    let p = d.project(10);
     // Raw requests: a wrong, a missing and another agent's token.
     for (name, token) in [
         ("n1", "tok-n2"),
@@ -340,26 +340,21 @@ fn wrong_or_foreign_tokens_are_refused() {
     let mut foreign = Agent::start(&d, "n1", "tok-n2");
     assert_eq!(foreign.wait_exit(T).code(), Some(2));
     // Nobody took n1's step: it fails once connect_timeout has passed.
-    group(&d, 10, "one", "list", "n1");
-    job(
-        &d,
-        10,
-        "j",
-        json!([{"plugin": "agent-pull", "script": "echo hi"}]),
-    );
-    let uuid = start(&d, 10, "j", "one", json!({}));
-    wait_confirm(&d, 10, &uuid, 0, T);
-    let log = log_text(&d, &uuid);
+    p.group("one", "list", "n1");
+    p.job("j", json!([{"plugin": "agent-pull", "script": "echo hi"}]));
+    let task = p.run("j", "one", json!({}));
+    task.wait_confirm(0);
+    let log = task.log_text();
     assert!(
         log.contains("[n1] failed: agent n1 is not connected (waited 4 s)"),
         "{log}"
     );
     // A node no agent is configured for fails at once, with the reason.
-    nodes(&d, 10, &["elsewhere"]);
-    group(&d, 10, "else", "list", "elsewhere");
-    let uuid = start(&d, 10, "j", "else", json!({}));
-    wait_confirm(&d, 10, &uuid, 0, T);
-    let log = log_text(&d, &uuid);
+    p.nodes(&["elsewhere"]);
+    p.group("else", "list", "elsewhere");
+    let task = p.run("j", "else", json!({}));
+    task.wait_confirm(0);
+    let log = task.log_text();
     assert!(
         log.contains("[elsewhere] failed: no agent named") && log.contains("elsewhere"),
         "{log}"
@@ -369,14 +364,10 @@ fn wrong_or_foreign_tokens_are_refused() {
 #[test]
 fn an_agent_never_receives_another_nodes_work_and_leases_are_single_use() {
     let d = daemon();
-    group(&d, 10, "two", "list", "n2");
-    job(
-        &d,
-        10,
-        "j",
-        json!([{"plugin": "agent-pull", "script": "echo hi"}]),
-    );
-    let uuid = start(&d, 10, "j", "two", json!({}));
+    let p = d.project(10);
+    p.group("two", "list", "n2");
+    p.job("j", json!([{"plugin": "agent-pull", "script": "echo hi"}]));
+    let task = p.run("j", "two", json!({}));
     wait_for("the step to be queued", T, || {
         (agent_info(&d, "n2")["queued"] == 1).then_some(())
     });
@@ -429,7 +420,7 @@ fn an_agent_never_receives_another_nodes_work_and_leases_are_single_use() {
         json!({"lease": lease, "exit_code": 0}),
     );
     assert_eq!(st, 200);
-    assert_eq!(wait_finished(&d, 10, &uuid, T)["status"], "success");
+    assert_eq!(task.wait_finished()["status"], "success");
     let (st, _) = raw(
         &d,
         "n2",
@@ -443,14 +434,10 @@ fn an_agent_never_receives_another_nodes_work_and_leases_are_single_use() {
 #[test]
 fn a_resent_chunk_is_stored_once() {
     let d = daemon();
-    group(&d, 10, "one", "list", "n1");
-    job(
-        &d,
-        10,
-        "j",
-        json!([{"plugin": "agent-pull", "script": "unused"}]),
-    );
-    let uuid = start(&d, 10, "j", "one", json!({}));
+    let p = d.project(10);
+    p.group("one", "list", "n1");
+    p.job("j", json!([{"plugin": "agent-pull", "script": "unused"}]));
+    let task = p.run("j", "one", json!({}));
     let (_, v) = raw(
         &d,
         "n1",
@@ -480,8 +467,8 @@ fn a_resent_chunk_is_stored_once() {
         json!({"lease": lease, "chunks": 2, "exit_code": 0}),
     );
     assert_eq!(st, 200);
-    assert_eq!(wait_finished(&d, 10, &uuid, T)["status"], "success");
-    let log = log_text(&d, &uuid);
+    assert_eq!(task.wait_finished()["status"], "success");
+    let log = task.log_text();
     assert_eq!(log.matches("[n1] line-A").count(), 1, "{log}");
     assert_eq!(log.matches("[n1] line-B").count(), 1, "{log}");
     assert_eq!(log.matches("[n1] line-C").count(), 1, "{log}");
@@ -492,43 +479,42 @@ fn a_resent_chunk_is_stored_once() {
 #[test]
 fn a_daemon_restart_interrupts_the_batch_and_the_agent_kills_its_orphan() {
     let mut d = daemon();
+    let p = d.project(10);
     let a1 = Agent::start(&d, "n1", "tok-n1");
     wait_waiting(&d, &["n1"]);
-    group(&d, 10, "one", "list", "n1");
+    p.group("one", "list", "n1");
     let mark = marker("restart");
-    job(
-        &d,
-        10,
+    p.job(
         "long",
         json!([{"plugin": "agent-pull", "args": mark, "timeout": 300,
                 "script": "echo started; sleep 120"}]),
     );
-    let uuid = start(&d, 10, "long", "one", json!({}));
+    let uuid = p.run("long", "one", json!({})).uuid;
     wait_log(&d, &uuid, "[n1] started");
     d.kill9();
     d.restart();
-    let subs = wait_confirm(&d, 10, &uuid, 0, T);
+    let p = d.project(10);
+    let subs = p.task(&uuid).wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail");
     assert_eq!(subs[0]["reason"], "interrupted by daemon restart");
     // The restarted daemon does not know the lease: the agent kills the step.
     wait_gone(&mark);
     // …and reconnects by itself: the next task runs on it.
     wait_waiting(&d, &["n1"]);
-    job(
-        &d,
-        10,
+    p.job(
         "after",
         json!([{"plugin": "agent-pull", "script": "echo back"}]),
     );
-    let next = start(&d, 10, "after", "one", json!({}));
-    assert_eq!(wait_finished(&d, 10, &next, T)["status"], "success");
-    assert!(log_text(&d, &next).contains("[n1] back"));
+    let next = p.run("after", "one", json!({}));
+    assert_eq!(next.wait_finished()["status"], "success");
+    assert!(next.log_text().contains("[n1] back"));
     drop(a1);
 }
 
 #[test]
 fn scp_copies_files_and_trees_from_the_daemon_host() {
     let d = daemon();
+    let p = d.project(10);
     let _a = Agent::start(&d, "n1", "tok-n1");
     wait_waiting(&d, &["n1"]);
     let tmp = TempDir::new("agent-scp");
@@ -545,10 +531,8 @@ fn scp_copies_files_and_trees_from_the_daemon_host() {
     std::fs::write(dst.join("stale.txt"), "x").expect("write");
     let into = tmp.path().join("into");
     std::fs::create_dir_all(&into).expect("mkdir");
-    group(&d, 10, "one", "list", "n1");
-    job(
-        &d,
-        10,
+    p.group("one", "list", "n1");
+    p.job(
         "copy",
         json!([
             {"name": "tree", "plugin": "agent-pull", "kind": "scp",
@@ -558,9 +542,9 @@ fn scp_copies_files_and_trees_from_the_daemon_host() {
             {"name": "read", "plugin": "agent-pull", "script": "cat \"$1/sub/../a.txt\"", "args": dst.to_str()}
         ]),
     );
-    let uuid = start(&d, 10, "copy", "one", json!({}));
-    let t = wait_finished(&d, 10, &uuid, T);
-    let log = log_text(&d, &uuid);
+    let task = p.run("copy", "one", json!({}));
+    let t = task.wait_finished();
+    let log = task.log_text();
     assert_eq!(t["status"], "success", "{log}");
     assert_eq!(std::fs::read(dst.join("a.txt")).expect("a.txt"), b"alpha\n");
     assert_eq!(
@@ -591,36 +575,33 @@ fn scp_copies_files_and_trees_from_the_daemon_host() {
 #[test]
 fn timeouts_and_a_terminated_agent_end_the_step_and_its_processes() {
     let d = daemon();
+    let p = d.project(10);
     let mut a = Agent::start(&d, "n1", "tok-n1");
     wait_waiting(&d, &["n1"]);
-    group(&d, 10, "one", "list", "n1");
+    p.group("one", "list", "n1");
     let mark = marker("timeout");
-    job(
-        &d,
-        10,
+    p.job(
         "slow",
         json!([{"plugin": "agent-pull", "args": mark, "timeout": 1, "script": "sleep 30"}]),
     );
-    let uuid = start(&d, 10, "slow", "one", json!({}));
-    wait_confirm(&d, 10, &uuid, 0, T);
-    let log = log_text(&d, &uuid);
+    let task = p.run("slow", "one", json!({}));
+    task.wait_confirm(0);
+    let log = task.log_text();
     assert!(log.contains("[n1] failed: timeout after 1 s"), "{log}");
     wait_gone(&mark);
 
     // SIGTERM: the agent kills its step, reports, and exits cleanly.
     let mark = marker("term");
-    job(
-        &d,
-        10,
+    p.job(
         "long",
         json!([{"plugin": "agent-pull", "args": mark, "timeout": 300, "script": "echo started; sleep 60"}]),
     );
-    let uuid = start(&d, 10, "long", "one", json!({}));
-    wait_log(&d, &uuid, "[n1] started");
+    let task = p.run("long", "one", json!({}));
+    wait_log(&d, &task.uuid, "[n1] started");
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait_exit(T).code(), Some(0));
     assert!(processes_matching(&mark).is_empty(), "the step died first");
-    wait_confirm(&d, 10, &uuid, 0, T);
-    let log = log_text(&d, &uuid);
+    task.wait_confirm(0);
+    let log = task.log_text();
     assert!(log.contains("[n1] failed: the agent was stopped"), "{log}");
 }
