@@ -2,7 +2,6 @@
 //! reverse proxy, trusting a private CA through `--ca-file`.
 
 use jobx_tests::daemon::*;
-use jobx_tests::flow::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
@@ -149,7 +148,8 @@ fn an_agent_works_over_https_through_a_tls_proxy() {
     let d = Daemon::start(
         "[plugins.agent-pull]\nlost_after = 2\nconnect_timeout = 10\nagents = [{ name = \"n1\", token = \"tok-n1\" }]\n",
     );
-    nodes(&d, 10, &["n1"]);
+    let p = d.project(10);
+    p.nodes(&["n1"]);
     let port = tls_proxy(dir.path(), d.base.trim_start_matches("http://"));
     std::fs::write(dir.path().join("token"), "tok-n1").expect("token");
     let server = format!("https://localhost:{port}");
@@ -194,23 +194,22 @@ fn an_agent_works_over_https_through_a_tls_proxy() {
             .spawn()
             .expect("jobx-agent"),
     );
-    group(&d, 10, "one", "list", "n1");
-    job(
-        &d,
-        10,
+    p.group("one", "list", "n1");
+    p.job(
         "tls",
         json!([{"plugin": "agent-pull", "script": "echo \"over tls on $JOBX_NODE\""}]),
     );
-    let uuid = start(&d, 10, "tls", "one", json!({}));
+    let task = p.run("tls", "one", json!({}));
     let t = wait_for("the task to end", T, || {
-        let t = task(&d, 10, &uuid);
-        let waits = subtasks(&d, 10, &uuid)
+        let t = task.get();
+        let waits = task
+            .subtasks()
             .iter()
             .any(|s| s["confirm"] == "WaitConfirm");
         let ended = matches!(t["status"].as_str(), Some("success" | "fail"));
         (ended || waits).then_some(t)
     });
-    let log = log_text(&d, &uuid);
+    let log = task.log_text();
     assert_eq!(t["status"], "success", "{log}");
     assert!(log.contains("[n1] over tls on n1"), "{log}");
 }
