@@ -159,16 +159,24 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// The `[[auth.tokens]]` entry for a new token (its sha256, never the
 /// token itself), from role specs `PROJECT=ROLE`.
 pub fn token_entry(name: &str, token: &str, specs: &[String]) -> Result<String, String> {
-    if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
-        return Err(format!("token name {name:?}: must be non-empty, without quotes or control characters"));
+    if name.is_empty()
+        || name
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
+        return Err(format!(
+            "token name {name:?}: must be non-empty, without quotes or control characters"
+        ));
     }
     let mut roles = Vec::new();
     for spec in specs {
-        let (project, role) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("--role {spec:?}: must be PROJECT=ROLE, e.g. '*=admin' or 7=control"))?;
+        let (project, role) = spec.split_once('=').ok_or_else(|| {
+            format!("--role {spec:?}: must be PROJECT=ROLE, e.g. '*=admin' or 7=control")
+        })?;
         if project != "*" && (project.is_empty() || !project.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(format!("--role {spec:?}: the project must be a project id or \"*\""));
+            return Err(format!(
+                "--role {spec:?}: the project must be a project id or \"*\""
+            ));
         }
         let role = Role::parse(role).ok_or_else(|| {
             format!("--role {spec:?}: the role must be read, write, control or admin")
@@ -290,9 +298,15 @@ mod tests {
             e,
             "[[auth.tokens]]\nname = \"bot\"\nsha256 = \"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"\nroles = { \"*\" = \"read\", \"7\" = \"control\" }\n"
         );
-        assert!(token_entry("bot", "s", &["7:admin".into()]).unwrap_err().contains("PROJECT=ROLE"));
-        assert!(token_entry("bot", "s", &["x=admin".into()]).unwrap_err().contains("project id"));
-        assert!(token_entry("bot", "s", &["7=boss".into()]).unwrap_err().contains("read, write"));
+        assert!(token_entry("bot", "s", &["7:admin".into()])
+            .unwrap_err()
+            .contains("PROJECT=ROLE"));
+        assert!(token_entry("bot", "s", &["x=admin".into()])
+            .unwrap_err()
+            .contains("project id"));
+        assert!(token_entry("bot", "s", &["7=boss".into()])
+            .unwrap_err()
+            .contains("read, write"));
         assert!(token_entry("a\"b", "s", &["7=read".into()]).is_err());
     }
 
@@ -368,7 +382,10 @@ mod tests {
         assert_eq!(p.with_via(Via::Session).calltype(), "page");
         assert!(t.check_digest("secret-2").is_none());
         let reloaded = Tokens::from_config(&[cfg("bot", Some("secret-3"), None, &[("*", "read")])]);
-        assert!(reloaded.by_digest(&d).is_none(), "token removed by a reload");
+        assert!(
+            reloaded.by_digest(&d).is_none(),
+            "token removed by a reload"
+        );
     }
 
     #[test]

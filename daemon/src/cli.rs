@@ -94,7 +94,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
         return Err("backup needs --to FILE".into());
     }
     if cli.token_new.is_some() && cli.roles.is_empty() {
-        return Err("token new needs at least one --role PROJECT=ROLE (e.g. --role '*=admin')".into());
+        return Err(
+            "token new needs at least one --role PROJECT=ROLE (e.g. --role '*=admin')".into(),
+        );
     }
     if !cli.roles.is_empty() && cli.token_new.is_none() {
         return Err("--role belongs to: jobxd token new NAME --role PROJECT=ROLE".into());
@@ -133,7 +135,15 @@ mod tests {
 
     #[test]
     fn token_command() {
-        let c = p(&["token", "new", "bot", "--role", "*=read", "--role=7=control"]).expect("ok");
+        let c = p(&[
+            "token",
+            "new",
+            "bot",
+            "--role",
+            "*=read",
+            "--role=7=control",
+        ])
+        .expect("ok");
         assert_eq!(c.token_new.as_deref(), Some("bot"));
         assert_eq!(c.roles, vec!["*=read", "7=control"]);
         assert!(p(&["token", "new", "bot"]).unwrap_err().contains("--role"));

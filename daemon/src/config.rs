@@ -453,8 +453,9 @@ mod tests {
         assert!(e.contains("notify.webhooks[0].events"), "{e}");
         let e = hook("colour = 1").unwrap_err();
         assert!(e.contains("colour"), "{e}");
-        let e = Config::parse("[[notify.webhooks]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"")
-            .unwrap_err();
+        let e =
+            Config::parse("[[notify.webhooks]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"")
+                .unwrap_err();
         assert!(e.contains("notify.webhooks[0].url"), "{e}");
         let e = Config::parse("[[notify.webhooks]]\nurl = \"http://x/\"\nsecret = \"short\"")
             .unwrap_err();

@@ -138,7 +138,11 @@ fn validate_step(
         let loaded: Vec<&str> = known.iter().map(String::as_str).collect();
         return Err(format!(
             "{at}.plugin: no plugin of type {plugin:?} is loaded (loaded: {}, and approval)",
-            if loaded.is_empty() { "none".to_string() } else { loaded.join(", ") }
+            if loaded.is_empty() {
+                "none".to_string()
+            } else {
+                loaded.join(", ")
+            }
         ));
     }
     check_fields(m, at, &plugin)?;

@@ -197,7 +197,9 @@ fn main() -> ExitCode {
         let token = ids::new_token();
         return match auth::token_entry(name, &token, &cli.roles) {
             Ok(entry) => {
-                println!("token: {token}\n\n# add to jobxd.toml, then: systemctl reload jobxd\n{entry}");
+                println!(
+                    "token: {token}\n\n# add to jobxd.toml, then: systemctl reload jobxd\n{entry}"
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

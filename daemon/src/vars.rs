@@ -201,7 +201,9 @@ mod tests {
             "---\n_rollbackVersion_: 2.4.0\ncount: 3\nversion: 2.4.1\n"
         );
         assert_eq!(
-            yaml_text(&json!({"a": "", "b": "true", "c": "x: y", "d": "it's", "e": "1.5", "f": "l1\nl2", "g": "007"})),
+            yaml_text(
+                &json!({"a": "", "b": "true", "c": "x: y", "d": "it's", "e": "1.5", "f": "l1\nl2", "g": "007"})
+            ),
             "---\na: ''\nb: 'true'\nc: 'x: y'\nd: it's\ne: '1.5'\nf: \"l1\\nl2\"\ng: '007'\n"
         );
         assert_eq!(yaml_text(&json!({"x": "-v"})), "---\nx: '-v'\n");

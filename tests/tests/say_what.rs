@@ -88,10 +88,18 @@ fn unknown_fields_are_refused_naming_the_closest_field() {
         json!({"name": "a", "steps": [{"plugin": "local", "script": "true", "dst": "/tmp/x"}]}),
     );
     assert_eq!(st, 400);
-    assert!(v["info"].as_str().unwrap_or_default().starts_with("steps[0].dst: unknown field"));
+    assert!(v["info"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("steps[0].dst: unknown field"));
 
     // A job read back with GET can be posted again as it is.
-    let j = job(&d, 10, "echo", json!([{"plugin": "local", "script": "true"}]));
+    let j = job(
+        &d,
+        10,
+        "echo",
+        json!([{"plugin": "local", "script": "true"}]),
+    );
     let back = d.ok_post("/job/10", j.clone());
     assert_eq!(back["data"]["steps"][0]["uuid"], j["steps"][0]["uuid"]);
 
@@ -126,7 +134,10 @@ fn unknown_fields_are_refused_naming_the_closest_field() {
 fn check_config_finds_plugin_errors_and_a_failed_start_writes_nothing() {
     let cases = [
         ("[plugins.ssh]\nidentity_fil = \"/x\"\n", "identity_fil"),
-        ("[plugins.ssh]\nconnect_timeout = \"10s\"\n", "connect_timeout"),
+        (
+            "[plugins.ssh]\nconnect_timeout = \"10s\"\n",
+            "connect_timeout",
+        ),
         (
             "[plugins.agent-pull]\nagents = [{ name = \"n1\", tokn = \"t\" }]\n",
             "tokn",
@@ -235,7 +246,10 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
     );
 
     d.ok_put(
-        &format!("/subtask/10/{}/confirm", subs[0]["uuid"].as_str().unwrap_or("")),
+        &format!(
+            "/subtask/10/{}/confirm",
+            subs[0]["uuid"].as_str().unwrap_or("")
+        ),
         json!({}),
     );
     let t = wait_finished(&d, 10, &uuid, T);
@@ -255,7 +269,9 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
     let (st, page) = d.get(&format!("/slave/test-slave/log/{uuid}?format=html"), ADMIN);
     assert_eq!(st, 200);
     assert!(
-        page.as_str().unwrap_or_default().contains("finished: fail (batch 1 failed)"),
+        page.as_str()
+            .unwrap_or_default()
+            .contains("finished: fail (batch 1 failed)"),
         "{page}"
     );
     d.ok_put(&format!("/task/10/{uuid}/norollback"), json!({}));
@@ -263,7 +279,9 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
     assert_eq!(t["waiting"], Value::Null);
     assert!(tasks_waiting(&d).is_empty());
     wait_for("the decision in the log", T, || {
-        log_text(&d, &uuid).contains("no rollback, decided by admin").then_some(())
+        log_text(&d, &uuid)
+            .contains("no rollback, decided by admin")
+            .then_some(())
     });
 
     // Approvals: waiting = approval on the approval's uuid; agreed by X.
@@ -282,7 +300,9 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
     assert_eq!(t["waiting_on"], approvals[0]["uuid"]);
     assert_eq!(approvals[0]["message"], "go a,b");
     wait_for("the request in the log", T, || {
-        log_text(&d, &uuid).contains("approval requested from admin: go a,b").then_some(())
+        log_text(&d, &uuid)
+            .contains("approval requested from admin: go a,b")
+            .then_some(())
     });
     let au = approvals[0]["uuid"].as_str().unwrap_or("").to_string();
     d.ok_put(&format!("/approval/10/{au}"), json!({"opinion": "agree"}));
@@ -290,11 +310,18 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
     assert_eq!(t["status"], "success");
     assert_eq!(t["waiting"], Value::Null);
     wait_for("the opinion in the log", T, || {
-        log_text(&d, &uuid).contains("agreed by admin").then_some(())
+        log_text(&d, &uuid)
+            .contains("agreed by admin")
+            .then_some(())
     });
 
     // Stop is in the log, and a stopped task waits for nothing.
-    job(&d, 10, "slow", json!([{"plugin": "local", "script": "sleep 30"}]));
+    job(
+        &d,
+        10,
+        "slow",
+        json!([{"plugin": "local", "script": "sleep 30"}]),
+    );
     let uuid = start(&d, 10, "slow", "val=a", json!({}));
     wait_for("the step to run", T, || {
         (task(&d, 10, &uuid)["status"] == "running").then_some(())
@@ -304,7 +331,9 @@ fn a_task_says_what_it_waits_for_and_the_log_tells_the_decisions() {
     assert_eq!(t["reason"], "stopped by admin");
     assert_eq!(t["waiting"], Value::Null);
     wait_for("the stop in the log", T, || {
-        log_text(&d, &uuid).contains("stopped by admin").then_some(())
+        log_text(&d, &uuid)
+            .contains("stopped by admin")
+            .then_some(())
     });
 }
 
@@ -358,7 +387,11 @@ fn jobx_node_substitutes_in_args_and_dst() {
     assert_eq!(t["status"], "success", "{}", log_text(&d, &uuid));
     for n in ["n1", "n2"] {
         let f = out.path().join(format!("{n}-1.txt"));
-        assert_eq!(std::fs::read_to_string(&f).ok().as_deref(), Some("payload\n"), "{f:?}");
+        assert_eq!(
+            std::fs::read_to_string(&f).ok().as_deref(),
+            Some("payload\n"),
+            "{f:?}"
+        );
     }
     let log = log_text(&d, &uuid);
     assert!(log.contains("[n1] arg=n1/1"), "{log}");
@@ -392,7 +425,11 @@ fn token_new_prints_a_working_entry_and_lost_admin_is_warned() {
     d.restart();
     assert_eq!(d.get("/node/1", &token).0, 200);
     assert_eq!(d.get("/node/1", "old-admin-token").0, 401);
-    assert!(d.stderr().contains("admin.token is no longer accepted"), "{}", d.stderr());
+    assert!(
+        d.stderr().contains("admin.token is no longer accepted"),
+        "{}",
+        d.stderr()
+    );
 
     // Tokens without admin on "*": a warning that nobody can take backups.
     let d = Daemon::start("");
@@ -405,7 +442,8 @@ fn token_new_prints_a_working_entry_and_lost_admin_is_warned() {
         false,
     );
     assert!(
-        d.stderr().contains("no configured token has admin on \"*\""),
+        d.stderr()
+            .contains("no configured token has admin on \"*\""),
         "{}",
         d.stderr()
     );
@@ -414,7 +452,12 @@ fn token_new_prints_a_working_entry_and_lost_admin_is_warned() {
 #[test]
 fn a_second_daemon_on_the_same_store_says_why() {
     let d = Daemon::start("");
-    let (code, _, err) = jobxd(&["--config", &d.config_path.display().to_string(), "--listen", "127.0.0.1:0"]);
+    let (code, _, err) = jobxd(&[
+        "--config",
+        &d.config_path.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("in use by another process"), "{err}");
     assert!(err.contains("jobx.redb"), "{err}");

@@ -58,9 +58,11 @@ fn parse_args() -> Result<Args, String> {
             "--pages" => a.pages = n,
             "--runs" => a.runs = n,
             "--cache-mb" => a.cache_mb = Some(n),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown option {flag} (--nodes, --batches, --lines, --pages, --runs, --cache-mb)"
-            )),
+            ))
+            }
         }
     }
     if a.nodes == 0 || a.batches == 0 || a.runs == 0 || a.lines == 0 {

@@ -70,8 +70,10 @@ pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/ui/api/projects").get(h(projects));
     s.at("/ui/api/group/:projectid/preview")
         .post(h(group_preview));
-    s.at("/ui/api/task/:projectid/:uuid").get(h(task_page::task_view));
-    s.at("/ui/api/log/:projectid/:key").get(h(task_page::node_log));
+    s.at("/ui/api/task/:projectid/:uuid")
+        .get(h(task_page::task_view));
+    s.at("/ui/api/log/:projectid/:key")
+        .get(h(task_page::node_log));
     s.at("/ui/:file").get(asset);
 }
 

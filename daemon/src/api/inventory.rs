@@ -285,7 +285,11 @@ fn missing_nodes(s: &crate::store::Store, pid: u64, g: &Group) -> Result<Vec<Str
     let named = batching::parse_list(&g.text).map_err(Error::Bad)?;
     let have: std::collections::BTreeSet<String> =
         s.nodes(pid)?.into_iter().map(|n| n.name).collect();
-    Ok(named.into_iter().flatten().filter(|n| !have.contains(n)).collect())
+    Ok(named
+        .into_iter()
+        .flatten()
+        .filter(|n| !have.contains(n))
+        .collect())
 }
 
 /// A saved group, with `warnings` naming the nodes not in the inventory.

@@ -1,13 +1,13 @@
 //! HTTP routes (tide). Handlers are thin: parse, authorize, call, render.
 //! Everything tide-specific stays in this module.
 
-mod console;
 mod backup;
+mod console;
 mod inventory;
+mod notify;
 mod openc3;
 mod openc3_auth;
 mod plugin_http;
-mod notify;
 mod stats;
 mod stream;
 mod tasks;
@@ -307,7 +307,8 @@ impl tide::Middleware<Arc<App>> for ReadBody {
             .await;
         match read {
             None => {
-                let info = format!("request body not received within {timeout} s (server.body_timeout)");
+                let info =
+                    format!("request body not received within {timeout} s (server.body_timeout)");
                 return early(json_response(408, &json!({"stat": false, "info": info})));
             }
             Some(Err(e)) => return early(render(Err(Error::Bad(format!("reading body: {e}"))))),

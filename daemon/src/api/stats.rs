@@ -20,7 +20,8 @@ async fn last_30_days(req: &Req, pid: u64) -> Result<Vec<crate::model::TaskSumma
     let first = crate::clock::local_date(noon - 29 * 86_400_000);
     let from = crate::clock::local_day_start(&first).unwrap_or(noon - 30 * 86_400_000);
     run(req.state(), move |app| {
-        app.store.tasks_between::<crate::model::TaskSummary>(pid, from, i64::MAX)
+        app.store
+            .tasks_between::<crate::model::TaskSummary>(pid, from, i64::MAX)
     })
     .await
 }

@@ -1,8 +1,8 @@
 //! Tasks, batches, approvals and step logs.
 
+use super::stream::{Chunks, LogPages};
 use super::*;
 use crate::engine::NewTask;
-use super::stream::{Chunks, LogPages};
 use crate::logs::{page, parse_key, KeyKind};
 use crate::model::{Opinion, Subtask, Task, TaskStatus};
 use crate::store::TaskFilter;
@@ -154,8 +154,11 @@ async fn task_count(req: Req) -> Result<Reply> {
     let (pid, _) = project(&req, Role::Read)?;
     let now = crate::clock::now_ms();
     let tasks = run(req.state(), move |app| {
-        app.store
-            .tasks_between::<crate::model::TaskSummary>(pid, crate::clock::month_start(now), i64::MAX)
+        app.store.tasks_between::<crate::model::TaskSummary>(
+            pid,
+            crate::clock::month_start(now),
+            i64::MAX,
+        )
     })
     .await?;
     let mut counts: BTreeMap<String, u64> =
@@ -523,7 +526,11 @@ fn end_state(app: &App, task: &Task, sub: Option<&Subtask>) -> Result<String> {
     if let Some(t) = app.store.task(&task.uuid)?.filter(Task::is_finished) {
         return Ok(with_reason(format!("finished: {}", t.status), &t.reason));
     }
-    match sub.map(|s| app.store.subtask(&s.uuid)).transpose()?.flatten() {
+    match sub
+        .map(|s| app.store.subtask(&s.uuid))
+        .transpose()?
+        .flatten()
+    {
         Some(s) => Ok(with_reason(format!("batch ended: {}", s.status), &s.reason)),
         None => Ok("finished".into()),
     }

@@ -176,8 +176,8 @@ impl Engine {
             }
         }
         plan::check_step_vars(&job.steps, &vars).map_err(Error::Bad)?;
-        let policy =
-            crate::policy::Policy::resolve(&vars, &job.policy, batches.len()).map_err(Error::Bad)?;
+        let policy = crate::policy::Policy::resolve(&vars, &job.policy, batches.len())
+            .map_err(Error::Bad)?;
         let decision = match vars.get("_rollbackVersion_") {
             Some(v) if !v.is_empty() => Decision::Pending,
             _ => Decision::None,
@@ -568,7 +568,11 @@ pub fn compute_batches(
         .into_iter()
         .map(|b| {
             b.into_iter()
-                .filter(|n| by_name.get(n.as_str()).is_none_or(|node| sel.matches(&node.labels)))
+                .filter(|n| {
+                    by_name
+                        .get(n.as_str())
+                        .is_none_or(|node| sel.matches(&node.labels))
+                })
                 .collect::<Vec<_>>()
         })
         .filter(|b| !b.is_empty())

@@ -60,10 +60,14 @@ const CONTEXT_NAMES: [&str; 7] = [
 
 /// Whether a step's substituted fields differ per node (`${JOBX_NODE}`).
 pub fn uses_node(step: &Step) -> bool {
-    [step.args.as_deref(), step.src.as_deref(), step.dst.as_deref()]
-        .into_iter()
-        .flatten()
-        .any(|t| crate::vars::references(t).iter().any(|n| n == "JOBX_NODE"))
+    [
+        step.args.as_deref(),
+        step.src.as_deref(),
+        step.dst.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|t| crate::vars::references(t).iter().any(|n| n == "JOBX_NODE"))
 }
 
 /// The environment a step process gets on every node of the batch: the
