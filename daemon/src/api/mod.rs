@@ -171,6 +171,31 @@ pub fn query(req: &Req) -> Result<BTreeMap<String, String>> {
         .map_err(|e| Error::Bad(format!("query string: {e}")))
 }
 
+/// A count from the query string (`limit`, `max`): `default` when absent,
+/// else 1 to `max`, or a 400 naming the parameter.
+pub fn query_count(
+    q: &BTreeMap<String, String>,
+    key: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Error::Bad(format!("{key}: must be 1 to {max}"))),
+        },
+    }
+}
+
+/// `offset` of a log page: 0 when absent.
+pub fn query_offset(q: &BTreeMap<String, String>) -> Result<u64> {
+    q.get("offset").map_or(Ok(0), |o| {
+        o.parse::<u64>()
+            .map_err(|_| Error::Bad("offset: must be a number".into()))
+    })
+}
+
 /// Reads the request body (already read and capped by `ReadBody`) as a JSON
 /// object; flat form bodies become an object of strings.
 pub async fn body(req: &mut Req) -> Result<Map<String, Value>> {

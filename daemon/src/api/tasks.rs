@@ -85,16 +85,6 @@ async fn task_create(mut req: Req) -> Result<Reply> {
     ))
 }
 
-fn parse_limit(q: &BTreeMap<String, String>, default: usize, max: usize) -> Result<usize> {
-    match q.get("limit") {
-        None => Ok(default),
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(Error::Bad(format!("limit: must be 1 to {max}"))),
-        },
-    }
-}
-
 async fn task_list(req: Req) -> Result<Reply> {
     let (pid, _) = project(&req, Role::Read)?;
     let q = query(&req)?;
@@ -133,7 +123,7 @@ async fn task_list(req: Req) -> Result<Reply> {
         from_ms: day("time_start")?,
         to_ms,
         before_id,
-        limit: parse_limit(&q, 1000, 10_000)?,
+        limit: query_count(&q, "limit", 1000, 10_000)?,
     };
     let rows = run(req.state(), move |app| {
         let mut tasks = if waiting {
@@ -410,19 +400,8 @@ async fn step_log_inner(req: Req, browser: bool) -> Result<tide::Response> {
             Ok(r)
         }
         "json" => {
-            let offset = match q.get("offset") {
-                None => 0,
-                Some(o) => o
-                    .parse::<u64>()
-                    .map_err(|_| Error::Bad("offset: must be a number".into()))?,
-            };
-            let max = match q.get("max") {
-                None => 1000,
-                Some(m) => match m.parse::<usize>() {
-                    Ok(n) if (1..=10_000).contains(&n) => n,
-                    _ => return Err(Error::Bad("max: must be 1 to 10000".into())),
-                },
-            };
+            let offset = query_offset(&q)?;
+            let max = query_count(&q, "max", 1000, 10_000)?;
             let (t2, s2) = (task.clone(), sub.clone());
             // Read completion first: records written before the end are then all visible.
             let completed = run(&app, move |app| log_completed(app, &t2, s2.as_ref())).await?;

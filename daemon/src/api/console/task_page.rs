@@ -299,19 +299,8 @@ pub(super) async fn node_log(req: Req) -> Result<Reply> {
         .get("node")
         .cloned()
         .ok_or_else(|| Error::Bad("node: missing".into()))?;
-    let offset = match q.get("offset") {
-        None => 0,
-        Some(o) => o
-            .parse::<u64>()
-            .map_err(|_| Error::Bad("offset: must be a number".into()))?,
-    };
-    let max = match q.get("max") {
-        None => 500,
-        Some(m) => match m.parse::<usize>() {
-            Ok(n) if (1..=2000).contains(&n) => n,
-            _ => return Err(Error::Bad("max: must be 1 to 2000".into())),
-        },
-    };
+    let offset = query_offset(&q)?;
+    let max = query_count(&q, "max", 500, 2000)?;
     super::tasks::run(req.state(), move |app| {
         let owner = match parse_key(&key) {
             Some(KeyKind::Step { subtask }) => app.store.subtask(&subtask)?.map(|s| s.parent_uuid),
