@@ -141,6 +141,7 @@ fn execute(ctx: &Ctx, work: &Work, out: &Output, control: &Control) -> Outcome {
                 (Err(e), None) => Outcome::Failed(e),
             }
         }
+        _ => Outcome::Failed(StepKind::UNKNOWN.into()),
     }
 }
 

@@ -39,8 +39,13 @@ fn default_interpreter() -> String {
 
 /// What a step does. Serialized with a `"kind"` tag (`"cmd"` or `"scp"`)
 /// next to the other fields of [`StepRequest`].
+///
+/// Kinds may be added within ABI v1: the enum is non-exhaustive, and a kind
+/// this plugin's SDK does not know arrives as [`StepKind::Unknown`], which
+/// a plugin fails with a clear message.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum StepKind {
     /// Run a script.
     Cmd {
@@ -69,6 +74,15 @@ pub enum StepKind {
         #[serde(default)]
         delete: bool,
     },
+    /// A kind added after this SDK version; its fields are not read.
+    #[serde(other)]
+    Unknown,
+}
+
+impl StepKind {
+    /// The message a plugin fails a step of an unknown kind with.
+    pub const UNKNOWN: &'static str =
+        "this plugin does not know the step's kind (a newer jobxd?); update the plugin";
 }
 
 impl Default for StepKind {
@@ -374,6 +388,13 @@ mod tests {
                 args: vec![]
             }
         );
+    }
+
+    #[test]
+    fn a_newer_step_kind_arrives_as_unknown() {
+        let v = json!({"kind": "rsync", "src": "/a", "mirror": true});
+        let req: StepRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(req.kind, StepKind::Unknown);
     }
 
     #[test]

@@ -136,6 +136,7 @@ impl Executor for Local {
                 });
                 Ok(())
             }
+            _ => Err(StepKind::UNKNOWN.into()),
         }
     }
 

@@ -162,6 +162,7 @@ impl Inner {
                 chown.clone(),
                 *delete,
             )?)),
+            _ => Err(StepKind::UNKNOWN.into()),
         }
     }
 }

@@ -23,7 +23,7 @@ impl Executor for Crashy {
     fn start(&self, _run: RunId, step: StepRequest, out: Reporter) -> Result<(), String> {
         let script = match &step.kind {
             StepKind::Cmd { script, .. } => script.trim().to_string(),
-            StepKind::Scp { .. } => String::new(),
+            _ => String::new(),
         };
         match script.as_str() {
             "panic" => panic!("fixture panic in start on {}", step.node.name),
