@@ -300,7 +300,7 @@ App.pages.groups = function (ctx) {
     const setHelp = function () {
       fill(help, type.value === "list"
         ? "Node names: ',' between nodes of a batch, ';' between batches (n1,n2;n3)."
-        : "Batch sizes over the inventory: 1:2:50% = 1 node, then 2, then half of the rest at a time; or label selections.");
+        : "Batch sizes: 1:2:50% = 1 node, then 2, then 50% of all the nodes per batch until none is left; or one rule per line, IDS;RANGE;SIZES (docs/semantics.md §2).");
     };
     const update = async function () {
       const mine = ++seq;
