@@ -440,6 +440,30 @@ impl Tmux {
             .expect("run tmux (tests/run.sh installs it)")
     }
 
+    /// Runs `script` under `sh -c` in a detached session `t` of
+    /// `cols` × `rows`: a real terminal for the program under test.
+    fn start(&self, cols: u16, rows: u16, script: &str) {
+        let (cols, rows) = (cols.to_string(), rows.to_string());
+        let o = self.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            &cols,
+            "-y",
+            &rows,
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert!(
+            o.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     fn pane(&self) -> String {
         String::from_utf8_lossy(
             &self
@@ -481,24 +505,7 @@ fn the_prompt_in_a_terminal_retries_and_the_task_succeeds() {
         sh_quote(&exit_file.display().to_string()),
     ));
     let tmux = Tmux::new();
-    let o = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "160",
-        "-y",
-        "50",
-        "sh",
-        "-c",
-        &format!("{line}; sleep 3600"),
-    ]);
-    assert!(
-        o.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    tmux.start(160, 50, &format!("{line}; sleep 3600"));
     let question = "batch 2/3 failed on web3 (";
     wait_for("the prompt in the terminal", T, || {
         let p = tmux.pane();
@@ -787,24 +794,7 @@ fn login_at_a_terminal_prompts_without_echo() {
         sh_quote(&exit_file.display().to_string()),
     ));
     let tmux = Tmux::new();
-    let o = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "160",
-        "-y",
-        "20",
-        "sh",
-        "-c",
-        &format!("{line}; sleep 3600"),
-    ]);
-    assert!(
-        o.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    tmux.start(160, 20, &format!("{line}; sleep 3600"));
     let prompt = format!("token for {}: ", d.base);
     wait_for("the token prompt", T, || {
         tmux.pane().contains(&prompt).then_some(())
@@ -942,24 +932,7 @@ fn colours_on_a_terminal_unless_no_color() {
     let script = format!(
         "env{env} {jobx} node ls -p 10; echo ---; env{env} NO_COLOR=1 {jobx} node ls -p 10; echo DONE; sleep 3600"
     );
-    let o = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "120",
-        "-y",
-        "20",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    assert!(
-        o.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    tmux.start(120, 20, &script);
     let pane = wait_for("both listings", T, || {
         let p = tmux.cmd(&["capture-pane", "-p", "-e", "-t", "t"]);
         let p = String::from_utf8_lossy(&p.stdout).to_string();

@@ -240,8 +240,11 @@ fn six_nodes(d: &Daemon) {
     nodes(d, 10, &["n1", "n2", "n3", "n4", "n5", "n6"]);
 }
 
-/// A job whose install step fails in batch 2 unless `gate` holds "open".
-fn gated_job(d: &Daemon, name: &str, gate: &std::path::Path) {
+/// A job whose install step fails in batch 2 unless its gate file holds
+/// "open"; the gate starts closed. Answers the gate file's path.
+fn gated_job(d: &Daemon, name: &str) -> std::path::PathBuf {
+    let gate = d.dir.path().join("gate");
+    std::fs::write(&gate, "closed\n").expect("gate file");
     let script = format!(
         "echo \"install $1 on $JOBX_NODE batch $JOBX_BATCH/$JOBX_BATCHES\"\n\
          if [ \"$JOBX_BATCH\" = 2 ]; then\n\
@@ -260,6 +263,7 @@ fn gated_job(d: &Daemon, name: &str, gate: &std::path::Path) {
             {"name": "check", "plugin": "local", "script": "echo checked $JOBX_NODE"}
         ]),
     );
+    gate
 }
 
 #[test]
@@ -390,9 +394,7 @@ fn run_form_batch_two_fails_then_retry_after_fixing_the_file_succeeds() {
     let d = Daemon::start("");
     six_nodes(&d);
     group(&d, 10, "rolling", "percent", "1:2:50%");
-    let gate = d.dir.path().join("gate");
-    std::fs::write(&gate, "closed\n").expect("gate file");
-    gated_job(&d, "deploy", &gate);
+    let gate = gated_job(&d, "deploy");
     let install = step_uuid(&d, "deploy", "install");
     let check = step_uuid(&d, "deploy", "check");
 
@@ -495,9 +497,7 @@ fn continue_on_a_failed_batch_ends_fail_after_the_last_batch() {
     let d = Daemon::start("");
     six_nodes(&d);
     group(&d, 10, "thirds", "percent", "2");
-    let gate = d.dir.path().join("gate");
-    std::fs::write(&gate, "closed\n").expect("gate file");
-    gated_job(&d, "deploy", &gate);
+    gated_job(&d, "deploy");
     let install = step_uuid(&d, "deploy", "install");
     let check = step_uuid(&d, "deploy", "check");
     let uuid = start(&d, 10, "deploy", "thirds", json!({"version": "1"}));
@@ -1001,9 +1001,7 @@ fn read_only_token_sees_no_write_buttons_and_its_writes_are_403() {
     let d = Daemon::start("");
     six_nodes(&d);
     group(&d, 10, "thirds", "percent", "2");
-    let gate = d.dir.path().join("gate");
-    std::fs::write(&gate, "closed\n").expect("gate file");
-    gated_job(&d, "deploy", &gate);
+    gated_job(&d, "deploy");
     let uuid = start(&d, 10, "deploy", "thirds", json!({"version": "1"}));
     let subs = wait_confirm(&d, 10, &uuid, 1, T);
     let sub = subs[1]["uuid"].as_str().expect("uuid").to_string();

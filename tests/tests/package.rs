@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PLUGIN_DIR_LINE: &str = "dir = [\"/usr/lib/jobx/plugins\"]";
 
@@ -324,14 +324,10 @@ fn debian_package_runs_with_its_own_config_and_plugins() {
     unsafe {
         libc::kill(daemon.child.id() as i32, libc::SIGTERM);
     }
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = daemon.child.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(Instant::now() < end, "no exit within 30 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = jobx_tests::poll(Duration::from_secs(30), || {
+        daemon.child.try_wait().expect("wait")
+    })
+    .expect("no exit within 30 s of SIGTERM");
     assert!(status.success(), "{status:?}\n{}", daemon.log());
 }
 

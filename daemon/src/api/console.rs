@@ -24,37 +24,24 @@ struct Asset {
     body: &'static [u8],
 }
 
+/// One embedded file of `daemon/console/`, served as `/ui/<name>`.
+macro_rules! asset {
+    ($name:literal, $mime:literal) => {
+        Asset {
+            name: $name,
+            mime: $mime,
+            body: include_bytes!(concat!("../../console/", $name)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "app.js",
-        mime: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/app.js"),
-    },
-    Asset {
-        name: "dom.js",
-        mime: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/dom.js"),
-    },
-    Asset {
-        name: "pages.js",
-        mime: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/pages.js"),
-    },
-    Asset {
-        name: "task.js",
-        mime: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/task.js"),
-    },
-    Asset {
-        name: "app.css",
-        mime: "text/css; charset=utf-8",
-        body: include_bytes!("../../console/app.css"),
-    },
-    Asset {
-        name: "favicon.svg",
-        mime: "image/svg+xml",
-        body: include_bytes!("../../console/favicon.svg"),
-    },
+    asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("dom.js", "text/javascript; charset=utf-8"),
+    asset!("pages.js", "text/javascript; charset=utf-8"),
+    asset!("task.js", "text/javascript; charset=utf-8"),
+    asset!("app.css", "text/css; charset=utf-8"),
+    asset!("favicon.svg", "image/svg+xml"),
 ];
 
 const INDEX: &str = include_str!("../../console/index.html");
