@@ -23,9 +23,10 @@ use redb::{
 };
 use std::ops::Bound;
 
+use super::logs::LOGS;
 use super::tasks::{
-    ACTIVE, APPROVALS, APPROVAL_PENDING, LOGS, STATUS_COUNT, SUBTASKS, SUBTASK_INDEX, TASKS,
-    TASK_INDEX, TASK_TIME,
+    ACTIVE, APPROVALS, APPROVAL_PENDING, STATUS_COUNT, SUBTASKS, SUBTASK_INDEX, TASKS, TASK_INDEX,
+    TASK_TIME,
 };
 
 /// Cursors of the upkeep work.

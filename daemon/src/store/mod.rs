@@ -5,6 +5,7 @@
 
 mod compat;
 mod inventory;
+mod logs;
 mod maintenance;
 mod outbox;
 mod projects;
@@ -142,8 +143,8 @@ impl Store {
             tx.open_table(GROUPS)?;
             tx.open_table(GROUP_NAMES)?;
             tx.open_table(GROUP_INDEX)?;
-            tx.open_table(OPLOG)?;
             outbox::create_tables(tx)?;
+            logs::create_tables(tx)?;
             tasks::create_tables(tx)
         })?;
         Ok(store)

@@ -1,4 +1,4 @@
-//! Tasks, subtasks, approvals and step logs.
+//! Tasks, subtasks and approvals.
 //!
 //! Indexes are tables of their own, written in the same transaction as the
 //! row they index: tasks by (project, id) for listing, by (project, created
@@ -6,7 +6,7 @@
 //! subtasks by (task, position), and pending approvals by project.
 
 use super::*;
-use crate::model::{Approval, LogRecord, Subtask, Task, TaskStatus};
+use crate::model::{Approval, Subtask, Task, TaskStatus};
 
 pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 pub(super) const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
@@ -19,8 +19,6 @@ pub(super) const SUBTASK_INDEX: TableDefinition<(&str, u32), &str> =
 pub(super) const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
 pub(super) const APPROVAL_PENDING: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("approval_pending");
-/// (log key, seq) → LogRecord JSON.
-pub(super) const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 /// status → number of tasks in it (for metrics without a scan).
 pub(super) const STATUS_COUNT: TableDefinition<&str, u64> =
     TableDefinition::new("task_status_count");
@@ -34,7 +32,6 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(SUBTASK_INDEX)?;
     tx.open_table(APPROVALS)?;
     tx.open_table(APPROVAL_PENDING)?;
-    tx.open_table(LOGS)?;
     tx.open_table(STATUS_COUNT)?;
     Ok(())
 }
@@ -311,46 +308,6 @@ impl Store {
 
     pub fn approval(&self, uuid: &str) -> Result<Option<Approval>> {
         self.read(|tx| get_json(&tx.open_table(APPROVALS)?, uuid))
-    }
-
-    /// Appends log records in one transaction (the log writer's group commit).
-    pub fn append_logs(&self, records: &[(String, u64, LogRecord)]) -> Result<()> {
-        self.write(|tx| {
-            let mut t = tx.open_table(LOGS)?;
-            for (key, seq, r) in records {
-                t.insert((key.as_str(), *seq), to_json(r)?.as_slice())?;
-            }
-            Ok(())
-        })
-    }
-
-    /// The last sequence number written under `key` (0 when none).
-    pub fn last_log_seq(&self, key: &str) -> Result<u64> {
-        self.read(|tx| {
-            let t = tx.open_table(LOGS)?;
-            let last = t.range((key, 0)..=(key, u64::MAX))?.next_back();
-            match last {
-                Some(row) => Ok(row?.0.value().1),
-                None => Ok(0),
-            }
-        })
-    }
-
-    /// Records of `key` with seq > `offset`, at most `max`.
-    pub fn logs(&self, key: &str, offset: u64, max: usize) -> Result<Vec<(u64, LogRecord)>> {
-        self.read(|tx| {
-            let t = tx.open_table(LOGS)?;
-            let mut out = Vec::new();
-            let start = offset.saturating_add(1);
-            for row in t.range((key, start)..=(key, u64::MAX))? {
-                let (k, v) = row?;
-                out.push((k.value().1, from_json(v.value())?));
-                if out.len() >= max {
-                    break;
-                }
-            }
-            Ok(out)
-        })
     }
 }
 
