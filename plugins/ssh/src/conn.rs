@@ -80,6 +80,12 @@ impl Conn {
         self.state.lock().await.verified = None;
     }
 
+    /// Records that a session just went through the master, so the next
+    /// steps within [`TRUST_CHECK`] skip `ssh -O check`.
+    pub async fn confirm_alive(&self) {
+        self.state.lock().await.verified = Some(Instant::now());
+    }
+
     /// Whether the node has rsync, if known.
     pub async fn has_rsync(&self) -> Option<bool> {
         self.state.lock().await.has_rsync

@@ -8,11 +8,12 @@
 //!   and connection setups overall are bounded, so sshd's `MaxSessions` and
 //!   `MaxStartups` are respected. A connection failure before anything ran
 //!   is retried with backoff; then the node fails as `unreachable: …`.
-//! * Command steps: see [`remote`] for what runs on the node — variables,
-//!   arguments and the script travel on the channel's stdin, quoted with
-//!   `shlex`; the step runs in its own process group under a watchdog that
-//!   kills the group when the channel's stdin closes (stop, timeout, or the
-//!   daemon dying).
+//! * Command steps: one session each; see [`remote`] for what runs on the
+//!   node — the script, variables and arguments travel on the channel's
+//!   stdin, quoted with `shlex`, as the program of one `/bin/sh`; the step
+//!   runs in its own process group, and a lifeline in that shell kills the
+//!   group when the channel's stdin closes (stop, timeout, the daemon
+//!   dying, the connection dropping).
 //! * Copy steps (`kind = "scp"`): rsync over the master when both ends have
 //!   it, scp otherwise, with the same semantics as the local executor.
 //!
@@ -140,13 +141,15 @@ impl Inner {
                 if script.contains('\0') {
                     return Err("the script contains a NUL byte".into());
                 }
-                let preamble = remote::command_preamble(&req.env, interpreter, args, script.len())?;
-                let preamble_len = preamble.len();
-                let mut input = preamble.into_bytes();
-                input.extend_from_slice(script.as_bytes());
+                let program = remote::command_program(
+                    &req.env,
+                    interpreter,
+                    args,
+                    script,
+                    &remote::script_name(),
+                )?;
                 Ok(Plan::Cmd {
-                    input,
-                    preamble_len,
+                    input: program.into_bytes(),
                 })
             }
             StepKind::Scp {

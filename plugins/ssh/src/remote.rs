@@ -1,28 +1,36 @@
 //! What runs on the node.
 //!
 //! The ssh command line carries no user data at all: it is always
-//!
-//! ```text
-//! exec /bin/sh -c 'JOBX__p=$(head -c "$1") && eval "$JOBX__p"' jobx <N>
-//! ```
-//!
-//! which reads an N-byte shell program (the *preamble*) from the channel's
-//! stdin and runs it. The preamble is generated here, every user-supplied
-//! word in it quoted with `shlex`, so variables and arguments reach the
-//! script byte for byte whatever the login shell is, and without sshd's
+//! [`REMOTE_COMMAND`], `exec /bin/sh -s`, so the login shell (whatever it
+//! is) only replaces itself with `/bin/sh`, which reads its program from
+//! the channel's stdin. The program is generated here as one `{ … }` group,
+//! so the shell has read all of it before it runs any of it, and the rest
+//! of stdin is left to the lifeline. Every user-supplied word in it (the
+//! script, variables, arguments) is quoted with `shlex`, so they reach the
+//! step byte for byte whatever the login shell is, and without sshd's
 //! `AcceptEnv`.
 //!
-//! For a command step the preamble then reads the script (its length is in
-//! the preamble) into a private temporary file, prints [`STARTED`] on stdout
-//! and starts `setsid env NAME=value… <interpreter> <file> <args…>`: the step
-//! is the leader of its own process group. A watchdog, also in its own
-//! group, reads the rest of stdin; the plugin keeps the local ssh client's
-//! stdin open for as long as the step may run, so stdin reaches EOF only
-//! when the plugin stops the step (cancel, timeout) or when the daemon dies
-//! and the kernel closes its pipe. On EOF the watchdog sends SIGTERM to the
-//! step's group, then SIGKILL after a grace period. When the step exits by
-//! itself, whatever it left running in its group is killed and the
-//! watchdog is dismissed.
+//! A command step costs one session and, besides the step itself, one
+//! `/bin/sh` that stays, two short forks of it and one `rm`:
+//!
+//! 1. a subshell with `umask 077` and `set -C` (`O_EXCL`) writes the script
+//!    to `${TMPDIR:-/tmp}/jobx-step-<128 random bits>` (mode 0600; the
+//!    step's own umask is untouched);
+//! 2. the shell prints [`STARTED`] and starts
+//!    `setsid env NAME=value… <interpreter> <file> <args…>` in the
+//!    background: the step leads its own process group;
+//! 3. a background subshell (the lifeline) reads the rest of stdin with the
+//!    `read` builtin. The plugin keeps the ssh client's stdin open for as
+//!    long as the step may run, so EOF comes only when the plugin stops the
+//!    step (cancel, timeout), when the daemon dies and the kernel closes its
+//!    pipe, or when the connection drops and sshd closes the session. On
+//!    EOF it first tells the shell (`SIGUSR1`, trapped), then sends SIGTERM
+//!    to the step's group and SIGKILL after [`KILL_GRACE_SECS`] if anything
+//!    is left;
+//! 4. the shell waits for the step. When the step exits by itself, whatever
+//!    it left running in its group and the lifeline are killed; after a
+//!    stop the lifeline's grace period runs its course. The script file is
+//!    removed and the shell exits with the step's status.
 
 use std::collections::BTreeMap;
 
@@ -31,21 +39,15 @@ use std::collections::BTreeMap;
 /// not a connection failure before start, and the step is not retried).
 pub const STARTED: &str = "jobx:step-started:1";
 
-/// Seconds between SIGTERM and SIGKILL when the watchdog stops a step.
+/// Seconds between SIGTERM and SIGKILL when the lifeline stops a step.
 pub const KILL_GRACE_SECS: u64 = 5;
 
 /// Exit code of the wrapper when it cannot set the step up.
 pub const SETUP_FAILED: i32 = 125;
 
-/// The bootstrap run by the login shell. No single quote, backslash or
-/// newline inside, so it survives as one quoted word in sh, bash, zsh,
-/// fish and csh alike.
-const BOOTSTRAP: &str = r#"JOBX__p=$(head -c "$1") && eval "$JOBX__p""#;
-
-/// The remote command string for a preamble of `len` bytes.
-pub fn remote_command(len: usize) -> String {
-    format!("exec /bin/sh -c {} jobx {len}", quote(BOOTSTRAP))
-}
+/// The remote command of every session. No quote, backslash, `!` or
+/// newline, so every login shell (sh, bash, zsh, fish, csh) runs it alike.
+pub const REMOTE_COMMAND: &str = "exec /bin/sh -s";
 
 fn quote(s: &str) -> String {
     // The callers only pass strings checked to be NUL-free.
@@ -81,28 +83,51 @@ pub fn check_interpreter(interp: &str) -> Result<(), String> {
     }
 }
 
-/// The watchdog, run as `sh -c WATCHDOG jobx-watchdog <pgid> <dir> <grace>`
-/// with the channel's stdin.
-const WATCHDOG: &str = concat!(
-    "cat >/dev/null; ",
-    ": >\"$2/stop\"; ",
-    "kill -TERM -\"$1\" 2>/dev/null; ",
-    "n=0; ",
-    "while kill -0 -\"$1\" 2>/dev/null && [ \"$n\" -lt \"$3\" ]; do sleep 1; n=$((n+1)); done; ",
-    "kill -KILL -\"$1\" 2>/dev/null"
-);
+/// A fresh name for a step's script file on the node: `jobx-step-` and 32
+/// hex digits, 128 bits from the OS (plus a counter, so two names of this
+/// process never repeat even if the OS source failed).
+pub fn script_name() -> String {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
+    if !from_os {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    for (b, c) in bytes.iter_mut().zip(n.to_le_bytes()) {
+        *b ^= c;
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("jobx-step-{hex}")
+}
 
-/// The preamble of a command step; the script follows it on stdin.
+/// The program of a command step, sent on the session's stdin.
 ///
-/// `wait` runs with stderr discarded: dash reports a waited job killed by a
-/// signal ("Terminated") on it, which is not the step's output.
-pub fn command_preamble(
+/// `name` is the script file's name ([`script_name`]), a plain word. `wait`
+/// runs with stderr discarded: dash reports a waited job killed by a signal
+/// ("Terminated") on it, which is not the step's output.
+pub fn command_program(
     env: &BTreeMap<String, String>,
     interpreter: &str,
     args: &[String],
-    script_len: usize,
+    script: &str,
+    name: &str,
 ) -> Result<String, String> {
     check_interpreter(interpreter)?;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("bad script file name {name:?}"));
+    }
     let mut words = Vec::with_capacity(env.len() + args.len() + 3);
     words.push("setsid env".to_string());
     for (name, value) in env {
@@ -115,29 +140,47 @@ pub fn command_preamble(
         )?);
     }
     words.push(quote(interpreter));
-    words.push("\"$JOBX__d/step\"".to_string());
+    words.push("\"$JOBX__f\"".to_string());
     for (i, arg) in args.iter().enumerate() {
         words.push(quote_checked(&format!("argument {}", i + 1), arg)?);
     }
     let launch = words.join(" ");
+    let script = quote_checked("the script", script)?;
     Ok(format!(
-        "JOBX__d=$(mktemp -d 2>/dev/null) || {{ echo 'jobx: cannot create a temporary directory on the node' >&2; exit {fail}; }}\n\
-         head -c {script_len} >\"$JOBX__d/step\" || {{ rm -rf \"$JOBX__d\"; exit {fail}; }}\n\
-         command -v setsid >/dev/null 2>&1 || {{ echo 'jobx: setsid not found on the node' >&2; rm -rf \"$JOBX__d\"; exit {fail}; }}\n\
+        "{{\n\
+         JOBX__f=${{TMPDIR:-/tmp}}/{name}\n\
+         command -v setsid >/dev/null 2>&1 || {{ echo 'jobx: setsid not found on the node' >&2; exit {fail}; }}\n\
+         (umask 077; set -C; exec 4>\"$JOBX__f\" || exit 3; printf %s {script} >&4 || exit 4) 2>/dev/null\n\
+         JOBX__r=$?\n\
+         if [ \"$JOBX__r\" != 0 ]; then\n\
+         [ \"$JOBX__r\" = 4 ] && rm -f -- \"$JOBX__f\"\n\
+         echo \"jobx: cannot write the script to $JOBX__f on the node\" >&2; exit {fail}\n\
+         fi\n\
+         JOBX__t=\n\
+         trap 'JOBX__t=1' USR1\n\
          exec 3<&0\n\
          echo {STARTED}\n\
          {launch} </dev/null 3<&- &\n\
          JOBX__s=$!\n\
-         setsid sh -c {watchdog} jobx-watchdog \"$JOBX__s\" \"$JOBX__d\" {KILL_GRACE_SECS} <&3 >/dev/null 2>&1 &\n\
+         {{ while read -r JOBX__x; do :; done; kill -USR1 $$; kill -TERM -\"$JOBX__s\"; JOBX__n=0; \
+         while [ \"$JOBX__n\" -lt {KILL_GRACE_SECS} ] && kill -0 -\"$JOBX__s\"; do sleep 1; JOBX__n=$((JOBX__n+1)); done; \
+         kill -KILL -\"$JOBX__s\"; }} <&3 >/dev/null 2>&1 &\n\
          JOBX__w=$!\n\
          exec 3<&-\n\
          wait \"$JOBX__s\" 2>/dev/null; JOBX__r=$?\n\
-         if [ ! -e \"$JOBX__d/stop\" ]; then kill -KILL -\"$JOBX__s\" -\"$JOBX__w\" 2>/dev/null; fi\n\
-         rm -rf \"$JOBX__d\"\n\
-         exit \"$JOBX__r\"\n",
+         if [ -z \"$JOBX__t\" ]; then kill -KILL -\"$JOBX__s\" \"$JOBX__w\" 2>/dev/null\n\
+         else wait \"$JOBX__s\" 2>/dev/null; JOBX__q=$?; [ \"$JOBX__q\" = 127 ] || JOBX__r=$JOBX__q; fi\n\
+         rm -f -- \"$JOBX__f\"\n\
+         exit \"$JOBX__r\"\n\
+         }}\n",
         fail = SETUP_FAILED,
-        watchdog = quote(WATCHDOG),
     ))
+}
+
+/// A helper script (copy preparation and finishing) as the program of a
+/// session: one group, read whole before it runs.
+pub fn helper_program(script: &str) -> String {
+    format!("{{\n{script}}}\n")
 }
 
 /// Lines the copy preparation prints.
@@ -236,51 +279,105 @@ pub fn check_owner(owner: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
 
-    /// Runs what the node would run, with this machine's /bin/sh: the remote
-    /// command through `sh -c` (as sshd's login shell would) with `input` on
-    /// stdin.
-    /// stdin stays open until the command exits, as the plugin keeps it.
-    fn run_remote(preamble: &str, rest: &[u8]) -> std::process::Output {
+    /// Starts what the node would run, with this machine's /bin/sh: the
+    /// remote command through `sh -c` (as sshd's login shell would), in a
+    /// process group of its own (as sshd's session), with `program` written
+    /// to its stdin. stdin is handed back open, as the plugin keeps it.
+    fn spawn_remote(program: &str, stdout: Stdio) -> (Child, std::process::ChildStdin) {
+        spawn_remote_with(REMOTE_COMMAND, program, stdout)
+    }
+
+    /// [`spawn_remote`] with another remote command (another `sh`).
+    fn spawn_remote_with(
+        command: &str,
+        program: &str,
+        stdout: Stdio,
+    ) -> (Child, std::process::ChildStdin) {
+        use std::os::unix::process::CommandExt;
         let mut child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(remote_command(preamble.len()))
+            .arg(command)
+            .process_group(0)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(preamble.as_bytes()).unwrap();
-        stdin.write_all(rest).unwrap();
+        stdin.write_all(program.as_bytes()).unwrap();
         stdin.flush().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let err = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut stderr, &mut v).unwrap();
-            v
-        });
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
-        let status = child.wait().unwrap();
+        (child, stdin)
+    }
+
+    /// Runs a program to its end (stdin open until then).
+    fn run_remote(program: &str) -> std::process::Output {
+        let (child, stdin) = spawn_remote(program, Stdio::piped());
+        let out = child.wait_with_output().unwrap();
         drop(stdin);
-        std::process::Output {
-            status,
-            stdout: out,
-            stderr: err.join().unwrap(),
+        out
+    }
+
+    fn program(script: &str, interpreter: &str, args: &[String]) -> String {
+        let mut env = BTreeMap::new();
+        env.insert("JOBX_NODE".to_string(), "web-1".to_string());
+        command_program(&env, interpreter, args, script, &script_name()).unwrap()
+    }
+
+    fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        cond()
+    }
+
+    /// Pids of the processes in process group `pgid`, from /proc.
+    fn group_members(pgid: u32) -> Vec<u32> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp …; comm may hold spaces.
+            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split(' ').collect();
+            if fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str()) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    fn marker(what: &str) -> String {
+        format!("jobx-remote-{what}-{}", std::process::id())
     }
 
     #[test]
-    fn bootstrap_is_one_plain_single_quoted_word() {
-        let cmd = remote_command(42);
-        assert_eq!(
-            cmd,
-            r#"exec /bin/sh -c 'JOBX__p=$(head -c "$1") && eval "$JOBX__p"' jobx 42"#
-        );
-        assert!(!BOOTSTRAP.contains(['\'', '\\', '\n', '!']));
+    fn the_remote_command_is_one_plain_word_list() {
+        assert_eq!(REMOTE_COMMAND, "exec /bin/sh -s");
+        assert!(!REMOTE_COMMAND.contains(['\'', '"', '\\', '\n', '!', '$']));
+    }
+
+    #[test]
+    fn script_names_are_plain_and_fresh() {
+        let a = script_name();
+        let b = script_name();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "jobx-step-".len() + 32);
+        assert!(a.starts_with("jobx-step-"));
+        assert!(command_program(&BTreeMap::new(), "sh", &[], "true", "a/b").is_err());
+        assert!(command_program(&BTreeMap::new(), "sh", &[], "true", "$x").is_err());
     }
 
     #[test]
@@ -310,93 +407,222 @@ mod tests {
         }
     }
 
+    const TRICKY: [&str; 10] = [
+        "plain",
+        "with space",
+        "it's \"quoted\"",
+        "$HOME and `id` and $(id) and ${x}",
+        "back\\slash; rm -rf / #",
+        "new\nline",
+        "!bang ^caret *glob ?",
+        "",
+        "ünïcödé",
+        "}\nexit 7\n{",
+    ];
+
     #[test]
-    fn variables_and_arguments_arrive_byte_for_byte() {
-        let tricky = [
-            "plain",
-            "with space",
-            "it's \"quoted\"",
-            "$HOME and `id` and $(id) and ${x}",
-            "back\\slash; rm -rf / #",
-            "new\nline",
-            "!bang ^caret *glob ?",
-            "",
-            "ünïcödé",
-        ];
+    fn script_variables_and_arguments_arrive_byte_for_byte() {
         let mut env = BTreeMap::new();
-        for (i, v) in tricky.iter().enumerate() {
+        for (i, v) in TRICKY.iter().enumerate() {
             env.insert(format!("v{i}"), v.to_string());
         }
         env.insert("JOBX_NODE".into(), "web-1".into());
-        let args: Vec<String> = tricky.iter().map(|s| s.to_string()).collect();
-        let script = "for i in 0 1 2 3 4 5 6 7 8; do eval \"printf '%s\\0' \\\"\\$v$i\\\"\"; done; printf '%s\\0' \"$@\" \"$JOBX_NODE\"";
-        let pre = command_preamble(&env, "sh", &args, script.len()).unwrap();
-        let out = run_remote(&pre, script.as_bytes());
+        let args: Vec<String> = TRICKY.iter().map(|s| s.to_string()).collect();
+        // The script itself holds every tricky text too, in a comment
+        // and in a string it prints.
+        let mut script = String::from(
+            "for i in 0 1 2 3 4 5 6 7 8 9; do eval \"printf '%s\\0' \\\"\\$v$i\\\"\"; done; printf '%s\\0' \"$@\" \"$JOBX_NODE\"\n",
+        );
+        for t in TRICKY {
+            script.push_str(&format!("# {}\n", t.replace('\n', " ")));
+        }
+        script.push_str("cat <<'EOF'\n}\n'\"$(x)\\\nEOF\n");
+        let p = command_program(&env, "sh", &args, &script, &script_name()).unwrap();
+        let out = run_remote(&p);
         assert!(out.status.success(), "{out:?}");
         let stdout = out.stdout;
         let first = format!("{STARTED}\n");
         assert!(stdout.starts_with(first.as_bytes()), "{stdout:?}");
-        let fields: Vec<&[u8]> = stdout[first.len()..].split(|&b| b == 0).collect();
-        let mut want: Vec<&[u8]> = tricky.iter().map(|s| s.as_bytes()).collect();
-        want.extend(tricky.iter().map(|s| s.as_bytes()));
+        let (fields, tail) = stdout[first.len()..]
+            .split_at(stdout[first.len()..].iter().rposition(|&b| b == 0).unwrap() + 1);
+        let fields: Vec<&[u8]> = fields[..fields.len() - 1].split(|&b| b == 0).collect();
+        let mut want: Vec<&[u8]> = TRICKY.iter().map(|s| s.as_bytes()).collect();
+        want.extend(TRICKY.iter().map(|s| s.as_bytes()));
         want.push(b"web-1");
-        want.push(b"");
         assert_eq!(fields, want);
+        assert_eq!(tail, b"}\n'\"$(x)\\\n");
     }
 
     #[test]
     fn exit_code_and_interpreter_are_the_scripts() {
         let script = "import sys\nprint(sys.argv[1])\nsys.exit(3)\n";
-        let pre =
-            command_preamble(&BTreeMap::new(), "python3", &["hi".into()], script.len()).unwrap();
-        let out = run_remote(&pre, script.as_bytes());
+        let out = run_remote(&program(script, "python3", &["hi".into()]));
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             format!("{STARTED}\nhi\n")
         );
+        assert!(out.stderr.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn the_script_file_is_private_removed_and_the_umask_is_the_callers() {
+        let theirs = Command::new("/bin/sh")
+            .args(["-c", "umask"])
+            .output()
+            .unwrap();
+        let script = "stat -c %a \"$0\"; umask; echo \"$0\"";
+        let out = run_remote(&program(script, "bash", &[]));
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "600", "{text}");
+        assert_eq!(lines[2], String::from_utf8_lossy(&theirs.stdout).trim());
+        assert!(lines[3].contains("/jobx-step-"), "{text}");
+        assert!(!std::path::Path::new(lines[3]).exists(), "{text}");
+    }
+
+    #[test]
+    fn a_setup_failure_exits_125_before_the_start_line() {
+        let p = program("echo never", "sh", &[])
+            .replace("JOBX__f=${TMPDIR:-/tmp}/", "JOBX__f=/nonexistent-jobx-dir/");
+        let out = run_remote(&p);
+        assert_eq!(out.status.code(), Some(SETUP_FAILED), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("jobx: cannot write the script"));
+    }
+
+    #[test]
+    fn the_wrapper_is_one_shell_and_its_lifeline_beside_the_step() {
+        let mark = marker("count");
+        let script = format!("exec -a {mark} sleep 30");
+        let (mut child, stdin) = spawn_remote(&program(&script, "bash", &[]), Stdio::null());
+        assert!(wait_until(Duration::from_secs(10), || {
+            !jobx_tests::sshd::processes_matching(&mark).is_empty()
+        }));
+        // The session's group: the shell and the lifeline; the step has
+        // its own group.
+        let members = group_members(child.id());
+        assert_eq!(members.len(), 2, "{members:?}");
+        let (step, _) = jobx_tests::sshd::processes_matching(&mark)[0].clone();
+        assert_eq!(group_members(step as u32), [step as u32]);
+        drop(stdin);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     }
 
     #[test]
     fn eof_on_stdin_kills_the_whole_step_group() {
-        let marker = format!("jobx-eof-test-{}", std::process::id());
-        let script = format!("sleep 60 & exec -a {marker} sleep 61");
-        let pre = command_preamble(&BTreeMap::new(), "bash", &[], script.len()).unwrap();
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(remote_command(pre.len()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(pre.as_bytes()).unwrap();
-        stdin.write_all(script.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-        assert!(jobx_tests::sshd::wait_until(
-            std::time::Duration::from_secs(10),
-            || !jobx_tests::sshd::processes_matching(&marker).is_empty()
-        ));
+        let mark = marker("eof");
+        let script = format!("(exec -a {mark}-child sleep 60) & exec -a {mark} sleep 61");
+        let (mut child, stdin) = spawn_remote(&program(&script, "bash", &[]), Stdio::null());
+        assert!(wait_until(Duration::from_secs(10), || {
+            jobx_tests::sshd::processes_matching(&mark).len() == 2
+        }));
+        let t = std::time::Instant::now();
         drop(stdin);
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(128 + libc::SIGTERM));
-        assert!(jobx_tests::sshd::processes_matching(&marker).is_empty());
+        assert!(wait_until(Duration::from_secs(3), || {
+            jobx_tests::sshd::processes_matching(&mark).is_empty()
+        }));
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_stopped_step_gets_the_grace_period_then_sigkill() {
+        let mark = marker("grace");
+        // Not named after the marker: the script's arguments show in `ps`.
+        let done = std::env::temp_dir().join(format!("jobx-grace-done-{}", std::process::id()));
+        let _ = std::fs::remove_file(&done);
+        // The leader dies of SIGTERM at once; one child cleans up for a
+        // second, another ignores SIGTERM and must be killed after the grace.
+        let script = format!(
+            "(trap 'sleep 1; echo cleaned > \"$1\"; exit 0' TERM; while :; do sleep 0.1; done) &\n\
+             (trap '' TERM; exec -a {mark}-stubborn sleep 60) &\n\
+             exec -a {mark} sleep 61\n"
+        );
+        let (mut child, stdin) = spawn_remote(
+            &program(&script, "bash", &[done.display().to_string()]),
+            Stdio::null(),
+        );
+        assert!(wait_until(Duration::from_secs(10), || {
+            jobx_tests::sshd::processes_matching(&mark).len() == 2
+        }));
+        let t = std::time::Instant::now();
+        drop(stdin);
+        child.wait().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(4), || done.exists()),
+            "the child's SIGTERM handler did not get to run"
+        );
+        assert!(
+            wait_until(Duration::from_secs(KILL_GRACE_SECS + 3), || {
+                jobx_tests::sshd::processes_matching(&mark).is_empty()
+            }),
+            "{:?}",
+            jobx_tests::sshd::processes_matching(&mark)
+        );
+        assert!(t.elapsed() >= Duration::from_secs(KILL_GRACE_SECS - 1));
+        let _ = std::fs::remove_file(&done);
+    }
+
+    #[test]
+    fn bash_as_sh_runs_the_program_alike() {
+        // /bin/sh is bash on some distributions.
+        let bash = "exec bash --posix -s";
+        let script = "printf '[%s]' \"$@\" \"$JOBX_NODE\"; stat -c %a \"$0\"; exit 5";
+        let p = program(script, "sh", &["a b".into(), "it's".into()]);
+        let (child, stdin) = spawn_remote_with(bash, &p, Stdio::piped());
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        assert_eq!(out.status.code(), Some(5), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{STARTED}\n[a b][it's][web-1]600\n")
+        );
+
+        let mark = marker("bash-eof");
+        let script = format!("(exec -a {mark}-child sleep 60) & exec -a {mark} sleep 61");
+        let (mut child, stdin) =
+            spawn_remote_with(bash, &program(&script, "bash", &[]), Stdio::null());
+        assert!(wait_until(Duration::from_secs(10), || {
+            jobx_tests::sshd::processes_matching(&mark).len() == 2
+        }));
+        drop(stdin);
+        assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+        assert!(wait_until(Duration::from_secs(3), || {
+            jobx_tests::sshd::processes_matching(&mark).is_empty()
+        }));
+    }
+
+    #[test]
+    fn what_a_finished_step_leaves_in_its_group_is_killed() {
+        let mark = marker("left");
+        let script = format!("(exec -a {mark} sleep 60) >/dev/null 2>&1 &\necho started");
+        let out = run_remote(&program(&script, "bash", &[]));
+        assert!(out.status.success(), "{out:?}");
+        assert!(wait_until(Duration::from_secs(3), || {
+            jobx_tests::sshd::processes_matching(&mark).is_empty()
+        }));
     }
 
     #[test]
     fn bad_names_and_nul_bytes_are_refused() {
+        let none = BTreeMap::new();
+        let name = script_name();
         let mut env = BTreeMap::new();
         env.insert("a-b".to_string(), "x".to_string());
-        assert!(command_preamble(&env, "sh", &[], 0).is_err());
+        assert!(command_program(&env, "sh", &[], "true", &name).is_err());
         let mut env = BTreeMap::new();
-        env.insert("JOBX__d".to_string(), "x".to_string());
-        assert!(command_preamble(&env, "sh", &[], 0).is_err());
+        env.insert("JOBX__f".to_string(), "x".to_string());
+        assert!(command_program(&env, "sh", &[], "true", &name).is_err());
         let mut env = BTreeMap::new();
         env.insert("a".to_string(), "x\0y".to_string());
-        assert!(command_preamble(&env, "sh", &[], 0).is_err());
-        assert!(command_preamble(&BTreeMap::new(), "sh", &["\0".into()], 0).is_err());
-        assert!(command_preamble(&BTreeMap::new(), "ruby", &[], 0).is_err());
+        assert!(command_program(&env, "sh", &[], "true", &name).is_err());
+        assert!(command_program(&none, "sh", &["\0".into()], "true", &name).is_err());
+        assert!(command_program(&none, "sh", &[], "a\0b", &name).is_err());
+        assert!(command_program(&none, "ruby", &[], "true", &name).is_err());
     }
 
     #[test]

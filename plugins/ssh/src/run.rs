@@ -21,10 +21,8 @@ const SESSION_ATTEMPTS: u32 = 3;
 pub enum Plan {
     /// Run a script.
     Cmd {
-        /// Preamble followed by the script: the remote command's stdin.
+        /// The program of the remote shell: the session's stdin.
         input: Vec<u8>,
-        /// Length of the preamble.
-        preamble_len: usize,
     },
     /// Copy a file or a directory.
     Copy(CopyPlan),
@@ -119,10 +117,7 @@ pub async fn run(
         Err(reason) => return StepResult::failed(reason.message()),
     };
     match plan {
-        Plan::Cmd {
-            input,
-            preamble_len,
-        } => run_cmd(inner, &conn, input, preamble_len, stop, out).await,
+        Plan::Cmd { input } => run_cmd(inner, &conn, input, stop, out).await,
         Plan::Copy(copy) => match run_copy(inner, &conn, &copy, stop, out).await {
             Ok(()) => StepResult::ok(),
             Err(msg) => StepResult::failed(msg),
@@ -149,20 +144,21 @@ async fn run_cmd(
     inner: &Inner,
     conn: &Conn,
     input: Vec<u8>,
-    preamble_len: usize,
     stop: &crate::runtime::Stop,
     out: &Reporter,
 ) -> StepResult {
-    let command = remote::remote_command(preamble_len);
     let mut attempt = 0;
     loop {
         attempt += 1;
         if let Err(msg) = connect(inner, conn, stop, out).await {
             return StepResult::failed(msg);
         }
-        let args =
-            conn.opts
-                .session_args(&conn.target, &conn.ctl, inner.cfg.connect_timeout, &command);
+        let args = conn.opts.session_args(
+            &conn.target,
+            &conn.ctl,
+            inner.cfg.connect_timeout,
+            remote::REMOTE_COMMAND,
+        );
         let outcome = match session::run(
             &inner.rt,
             ssh_cmd(args),
@@ -176,6 +172,10 @@ async fn run_cmd(
             Ok(o) => o,
             Err(e) => return StepResult::failed(format!("cannot run ssh: {e}")),
         };
+        if outcome.started && outcome.code != Some(255) {
+            // The session went through the master: no need to ask it again soon.
+            conn.confirm_alive().await;
+        }
         if let Some(reason) = outcome.stopped {
             return StepResult::failed(reason.message());
         }
@@ -227,12 +227,12 @@ async fn helper(
         &conn.target,
         &conn.ctl,
         inner.cfg.connect_timeout,
-        &remote::remote_command(script.len()),
+        remote::REMOTE_COMMAND,
     );
     let o = session::run(
         &inner.rt,
         ssh_cmd(args),
-        script.into_bytes(),
+        remote::helper_program(&script).into_bytes(),
         Mode::Helper,
         stop,
         out,
