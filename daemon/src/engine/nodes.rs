@@ -6,6 +6,7 @@ use super::runner::StepOutcome;
 use super::{lock, plan, Engine};
 use crate::logs::Keys;
 use crate::model::{Step, Subtask, Task};
+use crate::store::LogStream;
 use futures_lite::FutureExt;
 use jobx_plugin_api::host::RunSink;
 use jobx_plugin_api::{StepKind, StepRequest, StepResult, Stream};
@@ -22,7 +23,7 @@ const HOST_GRACE: Duration = Duration::from_secs(30);
 struct NodeSink {
     logs: crate::logs::LogWriter,
     keys: Keys,
-    node: String,
+    node: Arc<str>,
     cap: u64,
     written: AtomicU64,
     dropped: AtomicU64,
@@ -45,12 +46,12 @@ impl RunSink for NodeSink {
             return;
         }
         let s = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-            Stream::Info => "info",
+            Stream::Stdout => LogStream::Stdout,
+            Stream::Stderr => LogStream::Stderr,
+            Stream::Info => LogStream::Info,
         };
-        self.logs
-            .append(&self.keys, &self.node, s, &String::from_utf8_lossy(text));
+        // Waits while the log queue is full: the producer slows down.
+        self.logs.append_output(&self.keys, &self.node, s, text);
     }
 
     fn done(&self, result: StepResult) {
@@ -256,7 +257,7 @@ async fn run_node(
     let sink = Arc::new(NodeSink {
         logs: e.logs.clone(),
         keys: keys.clone(),
-        node: node.to_string(),
+        node: Arc::from(node),
         cap: e.max_log_bytes,
         written: AtomicU64::new(0),
         dropped: AtomicU64::new(0),

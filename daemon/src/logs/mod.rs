@@ -1,59 +1,64 @@
 //! Step logs: keys, a group-committing writer, and rendering.
 //!
 //! Records go to the store in batches (every ~50 ms or 256 KiB), so step
-//! output never costs an fsync per line. Each record is written under the
-//! three keys of docs/semantics.md §7: the task, the batch, and the batch's step.
+//! output never costs an fsync per line. Each record has a place in each of
+//! the three keys of docs/semantics.md §7 (the task, the batch, the batch's
+//! step) and is stored once, under the most specific one (`store::logs`).
 
 mod render;
 mod writer;
 
+use std::sync::Arc;
+
 pub use render::{ansi_to_html, html_escape, page};
 pub use writer::LogWriter;
 
-/// The keys a step's records are written under.
+/// The keys a step's records are written under (cheap to clone: one is
+/// kept with every queued record).
 #[derive(Clone, Debug)]
 pub struct Keys {
-    pub task: String,
-    pub subtask: String,
-    /// subtask uuid + step uuid + plugin type.
-    pub step: String,
+    pub task: Arc<str>,
+    /// Empty for records of the whole task.
+    pub subtask: Arc<str>,
+    /// subtask uuid + step uuid + plugin type; empty for batch records.
+    pub step: Arc<str>,
 }
 
 impl Keys {
     pub fn new(task: &str, subtask: &str, step: &str, plugin: &str) -> Keys {
         Keys {
-            task: task.to_string(),
-            subtask: subtask.to_string(),
-            step: format!("{subtask}{step}{plugin}"),
+            task: task.into(),
+            subtask: subtask.into(),
+            step: format!("{subtask}{step}{plugin}").into(),
         }
     }
 
     /// Keys for records that belong to a batch but no step.
     pub fn batch(task: &str, subtask: &str) -> Keys {
         Keys {
-            task: task.to_string(),
-            subtask: subtask.to_string(),
-            step: String::new(),
+            task: task.into(),
+            subtask: subtask.into(),
+            step: "".into(),
         }
     }
 
     /// Keys for records of the whole task (stop, finish, decisions).
     pub fn task(task: &str) -> Keys {
         Keys {
-            task: task.to_string(),
-            subtask: String::new(),
-            step: String::new(),
+            task: task.into(),
+            subtask: "".into(),
+            step: "".into(),
         }
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &str> {
-        [
-            self.task.as_str(),
-            self.subtask.as_str(),
-            self.step.as_str(),
-        ]
-        .into_iter()
-        .filter(|k| !k.is_empty())
+    /// task, subtask, step, empty ones included.
+    pub fn slots(&self) -> [&Arc<str>; 3] {
+        [&self.task, &self.subtask, &self.step]
+    }
+
+    /// The keys in use.
+    pub fn all_arcs(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.slots().into_iter().filter(|k| !k.is_empty())
     }
 }
 

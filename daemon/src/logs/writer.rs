@@ -1,10 +1,14 @@
 //! The group-committing log writer: callers append to an in-memory queue; a
-//! background thread commits the queue in one transaction every ~50 ms (or
-//! sooner when 256 KiB are waiting) and then wakes live readers.
+//! background thread commits the queue in one transaction (after ~50 ms, or
+//! at once when 256 KiB are waiting) and then wakes live readers.
+//!
+//! The queue is bounded: step output waits (`append_output` blocks the
+//! plugin's reader, and so the step's pipe) while 8 MiB are queued, so a
+//! step that prints faster than the store takes it slows down instead of
+//! filling the daemon's memory. The engine's own events never wait.
 
 use super::Keys;
-use crate::model::LogRecord;
-use crate::store::Store;
+use crate::store::{LogStream, NewLog, Store};
 use event_listener::Event;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -12,15 +16,29 @@ use std::time::Duration;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const FLUSH_BYTES: usize = 256 * 1024;
+/// Queued bytes at which step output waits for the writer.
+const QUEUE_MAX: usize = 8 << 20;
+/// Bytes a queued record costs besides its text and node name.
+const RECORD_OVERHEAD: usize = 96;
+
+struct Pending {
+    keys: Keys,
+    /// The record's seq under keys.task, keys.subtask, keys.step (0: unused).
+    seqs: [u64; 3],
+    time: i64,
+    stream: LogStream,
+    node: Arc<str>,
+    text: Box<str>,
+}
 
 #[derive(Default)]
 struct Queue {
-    pending: Vec<(String, u64, LogRecord)>,
+    pending: Vec<Pending>,
     bytes: usize,
     /// Next seq per key; loaded from the store on first use.
-    seqs: HashMap<String, u64>,
+    seqs: HashMap<Arc<str>, u64>,
     /// Keys in use per task, forgotten when the task ends.
-    task_keys: HashMap<String, Vec<String>>,
+    task_keys: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// A batch has been taken and is being committed.
     in_progress: bool,
     stop: bool,
@@ -30,7 +48,8 @@ struct Inner {
     store: Arc<Store>,
     queue: Mutex<Queue>,
     wake: Condvar,
-    flushed_cv: Condvar,
+    /// Notified when the queue was taken (room for output) and after commits.
+    drained: Condvar,
     /// Notified after every commit, for live readers (SSE, tails).
     appended: Event,
 }
@@ -47,6 +66,13 @@ fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
     }
 }
 
+fn wait<'a>(cv: &Condvar, g: MutexGuard<'a, Queue>, d: Duration) -> MutexGuard<'a, Queue> {
+    match cv.wait_timeout(g, d) {
+        Ok((g, _)) => g,
+        Err(p) => p.into_inner().0,
+    }
+}
+
 impl LogWriter {
     /// Starts the writer thread; without it `flush` would wait forever, so
     /// a failed spawn refuses the start.
@@ -55,7 +81,7 @@ impl LogWriter {
             store,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            flushed_cv: Condvar::new(),
+            drained: Condvar::new(),
             appended: Event::new(),
         });
         let bg = inner.clone();
@@ -65,41 +91,81 @@ impl LogWriter {
         Ok(LogWriter { inner })
     }
 
-    /// Queues one record under every key in `keys`.
+    /// Queues one event record (written by jobx) under every key in `keys`.
     pub fn append(&self, keys: &Keys, node: &str, stream: &str, text: &str) {
-        let rec = LogRecord {
-            time: crate::clock::now_ms(),
-            node: node.to_string(),
-            stream: stream.to_string(),
-            text: text.to_string(),
-        };
+        let q = lock(&self.inner.queue);
+        self.push(
+            q,
+            keys,
+            Arc::from(node),
+            LogStream::parse(stream),
+            text.into(),
+        );
+    }
+
+    /// Queues one line of step output, waiting first while the queue is
+    /// full (back-pressure on the producer).
+    pub fn append_output(&self, keys: &Keys, node: &Arc<str>, stream: LogStream, text: &[u8]) {
         let mut q = lock(&self.inner.queue);
-        let missing: Vec<&str> = keys.all().filter(|k| !q.seqs.contains_key(*k)).collect();
+        while q.bytes >= QUEUE_MAX && !q.stop {
+            self.inner.wake.notify_one();
+            q = wait(&self.inner.drained, q, Duration::from_millis(100));
+        }
+        let text: Box<str> = String::from_utf8_lossy(text).into();
+        self.push(q, keys, node.clone(), stream, text);
+    }
+
+    fn push<'a>(
+        &'a self,
+        mut q: MutexGuard<'a, Queue>,
+        keys: &Keys,
+        node: Arc<str>,
+        stream: LogStream,
+        text: Box<str>,
+    ) {
+        let missing: Vec<Arc<str>> = keys
+            .all_arcs()
+            .filter(|k| !q.seqs.contains_key(k.as_ref()))
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             // First use of a key since start: continue after what is stored.
             // The store is read without the lock, so other writers go on.
             drop(q);
-            let loaded: Vec<(&str, u64)> = missing
+            let loaded: Vec<(Arc<str>, u64)> = missing
                 .into_iter()
-                .map(|k| (k, self.inner.store.last_log_seq(k).unwrap_or(0) + 1))
+                .map(|k| {
+                    let next = self.inner.store.last_log_seq(&k).unwrap_or(0) + 1;
+                    (k, next)
+                })
                 .collect();
             q = lock(&self.inner.queue);
             for (k, next) in loaded {
-                if !q.seqs.contains_key(k) {
-                    q.seqs.insert(k.to_string(), next);
-                    q.task_keys
-                        .entry(keys.task.clone())
-                        .or_default()
-                        .push(k.to_string());
+                if !q.seqs.contains_key(k.as_ref()) {
+                    q.seqs.insert(k.clone(), next);
+                    q.task_keys.entry(keys.task.clone()).or_default().push(k);
                 }
             }
         }
-        for key in keys.all() {
-            let seq = q.seqs.get(key).copied().unwrap_or(1);
-            q.seqs.insert(key.to_string(), seq + 1);
-            q.bytes += rec.text.len() + 64;
-            q.pending.push((key.to_string(), seq, rec.clone()));
+        let mut seqs = [0u64; 3];
+        for (i, key) in keys.slots().into_iter().enumerate() {
+            if key.is_empty() {
+                continue;
+            }
+            if let Some(n) = q.seqs.get_mut(key.as_ref()) {
+                seqs[i] = *n;
+                *n += 1;
+            }
         }
+        q.bytes += text.len() + node.len() + RECORD_OVERHEAD;
+        q.pending.push(Pending {
+            keys: keys.clone(),
+            seqs,
+            time: crate::clock::now_ms(),
+            stream,
+            node,
+            text,
+        });
         if q.bytes >= FLUSH_BYTES {
             self.inner.wake.notify_one();
         }
@@ -110,14 +176,7 @@ impl LogWriter {
         let mut q = lock(&self.inner.queue);
         self.inner.wake.notify_one();
         while (!q.pending.is_empty() || q.in_progress) && !q.stop {
-            q = match self
-                .inner
-                .flushed_cv
-                .wait_timeout(q, Duration::from_secs(1))
-            {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            q = wait(&self.inner.drained, q, Duration::from_secs(1));
         }
     }
 
@@ -147,18 +206,49 @@ impl LogWriter {
         self.flush();
         lock(&self.inner.queue).stop = true;
         self.inner.wake.notify_one();
+        self.inner.drained.notify_all();
     }
+}
+
+/// The records of a batch as the store takes them: home key first.
+fn commit(store: &Store, batch: &[Pending]) -> crate::error::Result<()> {
+    let ats: Vec<([(&str, u64); 3], usize)> = batch
+        .iter()
+        .map(|p| {
+            let slots = p.keys.slots();
+            let mut at = [("", 0u64); 3];
+            let mut n = 0;
+            // Most specific first: step, batch, task.
+            for i in (0..3).rev() {
+                if !slots[i].is_empty() && p.seqs[i] > 0 {
+                    at[n] = (slots[i].as_ref(), p.seqs[i]);
+                    n += 1;
+                }
+            }
+            (at, n)
+        })
+        .collect();
+    let lines: Vec<NewLog> = batch
+        .iter()
+        .zip(&ats)
+        .map(|(p, (at, n))| NewLog {
+            at: &at[..*n],
+            time: p.time,
+            stream: p.stream,
+            node: &p.node,
+            text: &p.text,
+        })
+        .collect();
+    store.append_logs(&lines)
 }
 
 fn flush_loop(inner: Arc<Inner>) {
     loop {
         let batch = {
             let mut q = lock(&inner.queue);
-            if q.pending.is_empty() && !q.stop {
-                q = match inner.wake.wait_timeout(q, FLUSH_EVERY) {
-                    Ok((g, _)) => g,
-                    Err(p) => p.into_inner().0,
-                };
+            if q.bytes < FLUSH_BYTES && !q.stop {
+                // Let records gather; a full 256 KiB wakes us sooner.
+                q = wait(&inner.wake, q, FLUSH_EVERY);
             }
             if q.pending.is_empty() {
                 if q.stop {
@@ -170,15 +260,14 @@ fn flush_loop(inner: Arc<Inner>) {
             q.in_progress = true;
             std::mem::take(&mut q.pending)
         };
-        if let Err(e) = inner.store.append_logs(&batch) {
+        // Producers may fill the next batch while this one commits.
+        inner.drained.notify_all();
+        if let Err(e) = commit(&inner.store, &batch) {
             log::error!("cannot store {} log records: {e}", batch.len());
         }
-        let mut q = lock(&inner.queue);
-        q.in_progress = false;
-        drop(q);
-        inner.flushed_cv.notify_all();
+        drop(batch);
+        lock(&inner.queue).in_progress = false;
+        inner.drained.notify_all();
         inner.appended.notify(usize::MAX);
-        // Let more records gather before the next commit.
-        std::thread::sleep(FLUSH_EVERY);
     }
 }

@@ -13,8 +13,9 @@ use std::time::Duration;
 const INDEX_CHUNK: u64 = 500;
 /// Watched (running) tasks looked at per transaction.
 const RECHECK_CHUNK: usize = 500;
-/// Log records deleted per transaction: a few milliseconds of work.
-const PRUNE_CHUNK: usize = 2_000;
+/// Log segments (up to 64 KiB of lines each) deleted per transaction: a few
+/// milliseconds of work.
+const PRUNE_CHUNK: usize = 200;
 /// Pause between transactions, leaving the writer to others.
 const PAUSE: Duration = Duration::from_millis(10);
 

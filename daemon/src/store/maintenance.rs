@@ -23,7 +23,7 @@ use redb::{
 };
 use std::ops::Bound;
 
-use super::logs::LOGS;
+use super::logs::LOG_SEGMENTS;
 use super::tasks::{
     ACTIVE, APPROVALS, APPROVAL_PENDING, STATUS_COUNT, SUBTASKS, SUBTASK_INDEX, TASKS, TASK_INDEX,
     TASK_TIME,
@@ -184,7 +184,7 @@ impl Store {
         })
     }
 
-    /// Deletes up to `budget` log records of the task that finished first,
+    /// Deletes up to `budget` log segments of the task that finished first,
     /// if it finished before `cutoff_ms`. None when nothing has expired.
     pub fn prune_expired_logs(&self, cutoff_ms: i64, budget: usize) -> Result<Option<Pruned>> {
         self.write(|tx| {
@@ -235,13 +235,16 @@ impl Store {
             {
                 prefixes.push(row?.1.value().to_string());
             }
-            let mut logs = tx.open_table(LOGS)?;
+            // Whole segments go; `budget` bounds the segments per transaction.
+            let mut logs = tx.open_table(LOG_SEGMENTS)?;
             let mut doomed: Vec<(String, u64)> = Vec::new();
+            let mut records = 0u64;
             for row in logs.range((uuid.as_str(), 0)..=(uuid.as_str(), u64::MAX))? {
                 if doomed.len() >= budget {
                     break;
                 }
-                let (k, _) = row?;
+                let (k, v) = row?;
+                records += super::log_codec::count_of(v.value())?;
                 doomed.push((uuid.clone(), k.value().1));
             }
             for prefix in &prefixes {
@@ -249,7 +252,7 @@ impl Store {
                     break;
                 }
                 for row in logs.range((prefix.as_str(), 0)..)? {
-                    let (k, _) = row?;
+                    let (k, v) = row?;
                     let (key, seq) = k.value();
                     if !key.starts_with(prefix.as_str()) {
                         break;
@@ -258,6 +261,7 @@ impl Store {
                         break;
                     }
                     if is_batch_key(key, prefix) {
+                        records += super::log_codec::count_of(v.value())?;
                         doomed.push((key.to_string(), seq));
                     }
                 }
@@ -265,7 +269,7 @@ impl Store {
             for (key, seq) in &doomed {
                 logs.remove((key.as_str(), *seq))?;
             }
-            out.records = doomed.len() as u64;
+            out.records = records;
             out.done = doomed.len() < budget;
             if out.done {
                 expiry.remove((ms, uuid.as_str()))?;
@@ -300,7 +304,7 @@ impl Store {
         rows += copy_table(&src, &dst, SUBTASK_INDEX, &mut copied)?;
         rows += copy_table(&src, &dst, APPROVALS, &mut copied)?;
         rows += copy_table(&src, &dst, APPROVAL_PENDING, &mut copied)?;
-        rows += copy_table(&src, &dst, LOGS, &mut copied)?;
+        rows += copy_table(&src, &dst, LOG_SEGMENTS, &mut copied)?;
         rows += copy_table(&src, &dst, STATUS_COUNT, &mut copied)?;
         rows += copy_table(&src, &dst, MAINT, &mut copied)?;
         rows += copy_table(&src, &dst, LOG_EXPIRY, &mut copied)?;
@@ -435,20 +439,23 @@ mod tests {
         .expect("store task");
     }
 
+    /// `n` records under each of `keys`, each key holding its own.
     fn log(s: &Store, keys: &[&str], n: u64) {
-        let rec = LogRecord {
-            time: 1,
-            node: "a".into(),
-            stream: "stdout".into(),
-            text: "hi".into(),
-        };
-        let mut batch = Vec::new();
-        for k in keys {
-            for seq in 1..=n {
-                batch.push((k.to_string(), seq, rec.clone()));
-            }
-        }
-        s.append_logs(&batch).expect("append logs");
+        let at: Vec<[(&str, u64); 1]> = keys
+            .iter()
+            .flat_map(|k| (1..=n).map(move |seq| [(*k, seq)]))
+            .collect();
+        let lines: Vec<super::super::NewLog> = at
+            .iter()
+            .map(|at| super::super::NewLog {
+                at,
+                time: 1,
+                stream: super::super::LogStream::Stdout,
+                node: "a",
+                text: "hi",
+            })
+            .collect();
+        s.append_logs(&lines).expect("append logs");
     }
 
     fn count(s: &Store, key: &str) -> usize {
@@ -491,10 +498,11 @@ mod tests {
         log(&s, &[NEW, NEW_SUB, &new_step], 5);
         log(&s, &[RUN, RUN_SUB], 5);
 
-        let steps = prune_all(&s, 2_000, 4);
-        // 15 records in steps of at most 4: 4 transactions for the one old task.
+        let steps = prune_all(&s, 2_000, 1);
+        // Three keys of one segment (5 records) each, one segment per
+        // transaction, then one that finds the task empty.
         assert_eq!(steps.len(), 4, "{steps:?}");
-        assert!(steps.iter().all(|p| p.task == OLD && p.records <= 4));
+        assert!(steps.iter().all(|p| p.task == OLD && p.records <= 5));
         assert_eq!(steps.iter().map(|p| p.records).sum::<u64>(), 15);
         for k in [OLD, OLD_SUB, old_step.as_str()] {
             assert_eq!(count(&s, k), 0, "{k}");
@@ -504,7 +512,7 @@ mod tests {
         }
         assert!(s.task(OLD).expect("read").is_some(), "task rows stay");
         // Nothing left to do until the cutoff moves.
-        assert!(prune_all(&s, 2_000, 4).is_empty());
+        assert!(prune_all(&s, 2_000, 1).is_empty());
 
         // The running task finishes; a later pass takes it with the other.
         put_task(&s, 3, RUN, "success", Some(6_000), &[RUN_SUB]);
@@ -551,7 +559,8 @@ mod tests {
             .open(copy_dir.join("jobx.redb"))
             .expect("create");
         let rows = s.snapshot_into(file).expect("snapshot");
-        assert!(rows > 100_000, "{rows}");
+        // 100,002 records in segments of up to 64 KiB of lines.
+        assert!(rows > 10, "{rows}");
         // Writes after the snapshot are not in it.
         log(&s, &["Zzzzzzzzzzz9"], 1);
         drop(s);

@@ -5,6 +5,7 @@
 
 mod compat;
 mod inventory;
+mod log_codec;
 mod logs;
 mod maintenance;
 mod outbox;
@@ -12,6 +13,8 @@ mod projects;
 mod tasks;
 
 pub use compat::NamedTask;
+pub use log_codec::Stream as LogStream;
+pub use logs::NewLog;
 pub use tasks::{TaskFilter, Tx};
 
 use crate::error::{Error, Result};
@@ -147,6 +150,10 @@ impl Store {
             logs::create_tables(tx)?;
             tasks::create_tables(tx)
         })?;
+        let moved = store.migrate_logs()?;
+        if moved > 0 {
+            log::info!("store: {moved} log records moved to the segment layout");
+        }
         Ok(store)
     }
 
