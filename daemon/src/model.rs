@@ -228,63 +228,216 @@ impl Task {
         self.status.is_final()
     }
 
+    /// The task as the API shows it; `waiting` is derived by the engine.
+    pub fn to_api(&self, waiting: Option<&Waiting>) -> serde_json::Value {
+        self.brief().to_api(waiting)
+    }
+
+    /// The task's list row: everything but the job, node and variable snapshots.
+    pub fn brief(&self) -> TaskBrief {
+        TaskBrief {
+            id: self.id,
+            projectid: self.projectid,
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            group: self.group.clone(),
+            user: self.user.clone(),
+            slave: self.slave.clone(),
+            status: self.status,
+            created_ms: self.created_ms,
+            start_ms: self.start_ms,
+            finish_ms: self.finish_ms,
+            calltype: self.calltype.clone(),
+            reason: self.reason.clone(),
+            variable_text: crate::vars::yaml_text(&self.variable),
+            variable: self.variable.clone(),
+            batches: self.batches,
+            action: self.action,
+            stopped_by: self.stopped_by.clone(),
+            decision: self.decision,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The uuid of the partner task: the rollback of a deploy that was rolled
+/// back, the deploy of a rollback.
+fn partner_of(action: Action, decision: Decision, uuid: &str) -> Option<String> {
+    if action == Action::Rollback {
+        let mut u = uuid.to_string();
+        let last = u.pop()?;
+        u.push(last.to_ascii_lowercase());
+        Some(u)
+    } else if decision == Decision::Rollback {
+        Some(crate::ids::rollback_of(uuid))
+    } else {
+        None
+    }
+}
+
+/// A task's list row, stored beside the task (`task_briefs`) and written in
+/// the same transaction whenever the task changes, so that listing never
+/// decodes the job and node snapshots. It also answers what statistics ask
+/// (its JSON has the fields of `TaskSummary`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskBrief {
+    pub id: u64,
+    pub projectid: u64,
+    pub uuid: String,
+    pub name: String,
+    pub group: String,
+    pub user: String,
+    pub slave: String,
+    pub status: TaskStatus,
+    pub created_ms: i64,
+    pub start_ms: Option<i64>,
+    pub finish_ms: Option<i64>,
+    pub calltype: String,
+    pub reason: String,
+    /// `variable` as the YAML text the API shows, rendered once at write.
+    pub variable_text: String,
+    pub variable: serde_json::Value,
+    pub batches: u32,
+    pub action: Action,
+    pub stopped_by: Option<String>,
+    pub decision: Decision,
+    pub policy: crate::policy::Policy,
+}
+
+impl TaskBrief {
+    pub fn is_finished(&self) -> bool {
+        self.status.is_final()
+    }
+
     pub fn runtime(&self) -> Option<String> {
         let start = self.start_ms?;
         let end = self.finish_ms.unwrap_or_else(crate::clock::now_ms);
         Some(format!("{:.3}", (end - start).max(0) as f64 / 1000.0))
     }
 
-    /// The uuid of the partner task: the rollback of a deploy that was
-    /// rolled back, the deploy of a rollback.
+    /// See `Task::partner`.
     pub fn partner(&self) -> Option<String> {
-        if self.action == Action::Rollback {
-            let mut u = self.uuid.clone();
-            let last = u.pop()?;
-            u.push(last.to_ascii_lowercase());
-            Some(u)
-        } else if self.decision == Decision::Rollback {
-            Some(crate::ids::rollback_of(&self.uuid))
-        } else {
-            None
-        }
+        partner_of(self.action, self.decision, &self.uuid)
     }
 
-    /// The task as the API shows it; `waiting` is derived by the engine.
-    pub fn to_api(&self, waiting: Option<&Waiting>) -> serde_json::Value {
+    /// The row as the API shows it, ready to serialize (no JSON tree).
+    pub fn api<'a>(&'a self, waiting: Option<&'a Waiting>) -> TaskApi<'a> {
         let partner = self.partner();
         let (rollback_uuid, deploy_uuid) = if self.action == Action::Rollback {
             (None, partner)
         } else {
             (partner, None)
         };
-        serde_json::json!({
-            "id": self.id,
-            "projectid": self.projectid,
-            "uuid": self.uuid,
-            "name": self.name,
-            "group": self.group,
-            "user": self.user,
-            "slave": self.slave,
-            "status": self.status,
-            "starttime": self.start_ms.map(crate::clock::local),
-            "finishtime": self.finish_ms.map(crate::clock::local),
-            "starttimems": self.start_ms.map(|m| m as f64 / 1000.0),
-            "finishtimems": self.finish_ms.map(|m| m as f64 / 1000.0),
-            "runtime": self.runtime(),
-            "calltype": self.calltype,
-            "reason": self.reason,
-            "variable": crate::vars::yaml_text(&self.variable),
-            "variables": self.variable,
-            "waiting": waiting.map(|w| w.kind.as_str()),
-            "waiting_on": waiting.and_then(|w| w.on.clone()),
-            "action": self.action,
-            "decision": self.decision,
-            "rollback_uuid": rollback_uuid,
-            "deploy_uuid": deploy_uuid,
-            "batches": self.batches,
-            "stopped_by": self.stopped_by,
-            "policy": self.policy,
-        })
+        TaskApi {
+            action: self.action,
+            batches: self.batches,
+            calltype: &self.calltype,
+            decision: self.decision,
+            deploy_uuid,
+            finishtime: self.finish_ms.map(crate::clock::local),
+            finishtimems: self.finish_ms.map(|m| m as f64 / 1000.0),
+            group: &self.group,
+            id: self.id,
+            name: &self.name,
+            policy: PolicyApi(&self.policy),
+            projectid: self.projectid,
+            reason: &self.reason,
+            rollback_uuid,
+            runtime: self.runtime(),
+            slave: &self.slave,
+            starttime: self.start_ms.map(crate::clock::local),
+            starttimems: self.start_ms.map(|m| m as f64 / 1000.0),
+            status: self.status,
+            stopped_by: self.stopped_by.as_deref(),
+            user: &self.user,
+            uuid: &self.uuid,
+            variable: &self.variable_text,
+            variables: &self.variable,
+            waiting: waiting.map(|w| w.kind.as_str()),
+            waiting_on: waiting.and_then(|w| w.on.as_deref()),
+        }
+    }
+
+    pub fn to_api(&self, waiting: Option<&Waiting>) -> serde_json::Value {
+        serde_json::to_value(self.api(waiting)).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A task with this row's fields and no snapshots: enough for the rules
+    /// that decide what a task waits for (`plan::waiting`, rollback checks).
+    pub fn to_task(&self) -> Task {
+        Task {
+            id: self.id,
+            projectid: self.projectid,
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            group: self.group.clone(),
+            user: self.user.clone(),
+            slave: self.slave.clone(),
+            status: self.status,
+            created_ms: self.created_ms,
+            start_ms: self.start_ms,
+            finish_ms: self.finish_ms,
+            calltype: self.calltype.clone(),
+            reason: self.reason.clone(),
+            variable: self.variable.clone(),
+            vars: BTreeMap::new(),
+            steps: Vec::new(),
+            nodes: BTreeMap::new(),
+            batches: self.batches,
+            action: self.action,
+            stopped_by: self.stopped_by.clone(),
+            decision: self.decision,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// A task as the API answers it. The fields are in alphabetical order, the
+/// order a `serde_json::Value` object has, so the bytes match the earlier
+/// tree-built answers.
+#[derive(Serialize)]
+pub struct TaskApi<'a> {
+    action: Action,
+    batches: u32,
+    calltype: &'a str,
+    decision: Decision,
+    deploy_uuid: Option<String>,
+    finishtime: Option<String>,
+    finishtimems: Option<f64>,
+    group: &'a str,
+    id: u64,
+    name: &'a str,
+    policy: PolicyApi<'a>,
+    projectid: u64,
+    reason: &'a str,
+    rollback_uuid: Option<String>,
+    runtime: Option<String>,
+    slave: &'a str,
+    starttime: Option<String>,
+    starttimems: Option<f64>,
+    status: TaskStatus,
+    stopped_by: Option<&'a str>,
+    user: &'a str,
+    uuid: &'a str,
+    variable: &'a str,
+    variables: &'a serde_json::Value,
+    waiting: Option<&'static str>,
+    waiting_on: Option<&'a str>,
+}
+
+/// A policy with its keys in alphabetical order (see `TaskApi`).
+struct PolicyApi<'a>(&'a crate::policy::Policy);
+
+impl Serialize for PolicyApi<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let p = self.0;
+        let mut st = s.serialize_struct("Policy", 4)?;
+        st.serialize_field("batch_wait", &p.batch_wait)?;
+        st.serialize_field("pause_after", &p.pause_after)?;
+        st.serialize_field("tolerate", &p.tolerate)?;
+        st.serialize_field("tolerate_total", &p.tolerate_total)?;
+        st.end()
     }
 }
 
@@ -335,27 +488,74 @@ impl Subtask {
         self.confirm == Some(Confirm::Waiting)
     }
 
-    pub fn to_api(&self) -> serde_json::Value {
+    /// The batch as the API answers it, ready to serialize (no JSON tree).
+    pub fn api(&self) -> SubtaskApi<'_> {
         let runtime = self.start_ms.map(|s| {
             let end = self.finish_ms.unwrap_or_else(crate::clock::now_ms);
             format!("{:.3}", (end - s).max(0) as f64 / 1000.0)
         });
-        serde_json::json!({
-            "id": self.id,
-            "parent_uuid": self.parent_uuid,
-            "uuid": self.uuid,
-            "nodelist": self.nodes.join(","),
-            "nodecount": self.nodes.len(),
-            "starttime": self.start_ms.map(crate::clock::local),
-            "finishtime": self.finish_ms.map(crate::clock::local),
-            "runtime": runtime,
-            "status": self.status,
-            "confirm": self.confirm,
-            "reason": self.reason,
-            "idx": self.idx,
-            "nodes": self.nodes,
-            "failed_nodes": self.failed_nodes,
-        })
+        SubtaskApi {
+            confirm: self.confirm.as_ref(),
+            failed_nodes: &self.failed_nodes,
+            finishtime: self.finish_ms.map(crate::clock::local),
+            id: self.id,
+            idx: self.idx,
+            nodecount: self.nodes.len(),
+            nodelist: NodeList(&self.nodes),
+            nodes: &self.nodes,
+            parent_uuid: &self.parent_uuid,
+            reason: &self.reason,
+            runtime,
+            starttime: self.start_ms.map(crate::clock::local),
+            status: self.status,
+            uuid: &self.uuid,
+        }
+    }
+
+    pub fn to_api(&self) -> serde_json::Value {
+        serde_json::to_value(self.api()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A batch as the API answers it, fields in alphabetical order (see `TaskApi`).
+#[derive(Serialize)]
+pub struct SubtaskApi<'a> {
+    confirm: Option<&'a Confirm>,
+    failed_nodes: &'a [String],
+    finishtime: Option<String>,
+    id: u64,
+    idx: u32,
+    nodecount: usize,
+    nodelist: NodeList<'a>,
+    nodes: &'a [String],
+    parent_uuid: &'a str,
+    reason: &'a str,
+    runtime: Option<String>,
+    starttime: Option<String>,
+    status: BatchStatus,
+    uuid: &'a str,
+}
+
+/// Node names joined by commas, written without building the joined text.
+struct NodeList<'a>(&'a [String]);
+
+impl Serialize for NodeList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Joined(self.0))
+    }
+}
+
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(n)?;
+        }
+        Ok(())
     }
 }
 
@@ -401,4 +601,162 @@ pub struct LogRecord {
     /// stdout, stderr or info.
     pub stream: String,
     pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The task row as `to_api` built it before rows were serialized
+    /// straight: a JSON tree (kept here as the reference).
+    fn tree_row(t: &Task, waiting: Option<&Waiting>) -> Value {
+        let partner = t.brief().partner();
+        let (rollback_uuid, deploy_uuid) = if t.action == Action::Rollback {
+            (None, partner)
+        } else {
+            (partner, None)
+        };
+        json!({
+            "id": t.id,
+            "projectid": t.projectid,
+            "uuid": t.uuid,
+            "name": t.name,
+            "group": t.group,
+            "user": t.user,
+            "slave": t.slave,
+            "status": t.status,
+            "starttime": t.start_ms.map(crate::clock::local),
+            "finishtime": t.finish_ms.map(crate::clock::local),
+            "starttimems": t.start_ms.map(|m| m as f64 / 1000.0),
+            "finishtimems": t.finish_ms.map(|m| m as f64 / 1000.0),
+            "runtime": t.brief().runtime(),
+            "calltype": t.calltype,
+            "reason": t.reason,
+            "variable": crate::vars::yaml_text(&t.variable),
+            "variables": t.variable,
+            "waiting": waiting.map(|w| w.kind.as_str()),
+            "waiting_on": waiting.and_then(|w| w.on.clone()),
+            "action": t.action,
+            "decision": t.decision,
+            "rollback_uuid": rollback_uuid,
+            "deploy_uuid": deploy_uuid,
+            "batches": t.batches,
+            "stopped_by": t.stopped_by,
+            "policy": t.policy,
+        })
+    }
+
+    fn tree_subtask(s: &Subtask) -> Value {
+        let runtime = s.start_ms.map(|st| {
+            let end = s.finish_ms.unwrap_or_else(crate::clock::now_ms);
+            format!("{:.3}", (end - st).max(0) as f64 / 1000.0)
+        });
+        json!({
+            "id": s.id,
+            "parent_uuid": s.parent_uuid,
+            "uuid": s.uuid,
+            "nodelist": s.nodes.join(","),
+            "nodecount": s.nodes.len(),
+            "starttime": s.start_ms.map(crate::clock::local),
+            "finishtime": s.finish_ms.map(crate::clock::local),
+            "runtime": runtime,
+            "status": s.status,
+            "confirm": s.confirm,
+            "reason": s.reason,
+            "idx": s.idx,
+            "nodes": s.nodes,
+            "failed_nodes": s.failed_nodes,
+        })
+    }
+
+    fn task() -> Task {
+        serde_json::from_value(json!({
+            "id": 7, "projectid": 3, "uuid": "Abcdefghijkl", "name": "web \"quoted\"",
+            "group": "g1", "user": "alice", "slave": "jobx1", "status": "success",
+            "created_ms": 1_700_000_000_000i64, "start_ms": 1_700_000_000_123i64,
+            "finish_ms": 1_700_000_004_567i64, "calltype": "page", "reason": "",
+            "variable": {"version": "v2", "n": 3, "list": [1, "a"], "_rollbackVersion_": "v1"},
+            "vars": {"version": "v2"}, "steps": [], "nodes": {}, "batches": 2,
+            "action": "deploy", "stopped_by": null, "decision": "rollback",
+            "policy": {"tolerate": "10%", "tolerate_total": "2", "pause_after": [1, 3], "batch_wait": 5}
+        }))
+        .expect("task")
+    }
+
+    #[test]
+    fn task_rows_are_the_bytes_the_tree_gave() {
+        let mut t = task();
+        let waits = [
+            None,
+            Some(Waiting {
+                kind: WaitKind::Confirm,
+                on: Some("Bcdefghijklm".into()),
+            }),
+            Some(Waiting {
+                kind: WaitKind::RollbackDecision,
+                on: None,
+            }),
+        ];
+        for w in &waits {
+            let b = t.brief();
+            let straight = serde_json::to_string(&b.api(w.as_ref())).expect("row");
+            assert_eq!(straight, tree_row(&t, w.as_ref()).to_string());
+            assert_eq!(t.to_api(w.as_ref()), tree_row(&t, w.as_ref()));
+        }
+        // A rollback that has not started, with no variables and no policy.
+        t.uuid = "AbcdefghijkL".into();
+        t.action = Action::Rollback;
+        t.decision = Decision::None;
+        t.start_ms = None;
+        t.finish_ms = None;
+        t.status = TaskStatus::Init;
+        t.variable = json!({});
+        t.policy = Default::default();
+        t.stopped_by = Some("bob".into());
+        let straight = serde_json::to_string(&t.brief().api(None)).expect("row");
+        assert_eq!(straight, tree_row(&t, None).to_string());
+    }
+
+    #[test]
+    fn a_brief_survives_its_stored_form() {
+        let t = task();
+        let b = t.brief();
+        let back: TaskBrief = serde_json::from_slice(&serde_json::to_vec(&b).expect("json"))
+            .expect("a stored brief loads");
+        assert_eq!(back, b);
+        // Statistics read briefs as `TaskSummary`.
+        let s: TaskSummary =
+            serde_json::from_slice(&serde_json::to_vec(&b).expect("json")).expect("summary");
+        assert_eq!(
+            (s.uuid.as_str(), s.finish_ms),
+            ("Abcdefghijkl", t.finish_ms)
+        );
+        // The rules of `waiting` see the same task fields.
+        let light = b.to_task();
+        assert_eq!(light.to_api(None), t.to_api(None));
+    }
+
+    #[test]
+    fn subtask_rows_are_the_bytes_the_tree_gave() {
+        let mut s: Subtask = serde_json::from_value(json!({
+            "id": 11, "parent_uuid": "Abcdefghijkl", "uuid": "Bcdefghijklm", "idx": 1,
+            "nodes": ["n1", "n\"2", "n3"], "status": "fail", "confirm": "confirmed by bob",
+            "start_ms": 1_700_000_000_123i64, "finish_ms": 1_700_000_004_567i64,
+            "reason": "exit 1", "failed_step": 0, "failed_nodes": ["n1"], "retry": false
+        }))
+        .expect("subtask");
+        assert_eq!(
+            serde_json::to_string(&s.api()).expect("row"),
+            tree_subtask(&s).to_string()
+        );
+        s.nodes.clear();
+        s.confirm = None;
+        s.start_ms = None;
+        s.finish_ms = None;
+        assert_eq!(
+            serde_json::to_string(&s.api()).expect("row"),
+            tree_subtask(&s).to_string()
+        );
+    }
 }

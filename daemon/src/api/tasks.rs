@@ -4,11 +4,11 @@ use super::stream::{Chunks, LogPages};
 use super::*;
 use crate::engine::NewTask;
 use crate::logs::{page, parse_key, KeyKind};
-use crate::model::{Opinion, Subtask, Task, TaskStatus};
+use crate::model::{Opinion, Subtask, Task, TaskBrief, TaskStatus, Waiting};
 use crate::store::TaskFilter;
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
-    s.at("/task/:projectid").get(h(task_list));
+    s.at("/task/:projectid").get(task_list);
     s.at("/task/:projectid/count").get(h(task_count));
     s.at("/task/:projectid/job/byname").post(h(task_create));
     s.at("/task/:projectid/:uuid")
@@ -19,7 +19,7 @@ pub fn routes(s: &mut tide::Server<Arc<App>>) {
         .put(h(task_rollback));
     s.at("/task/:projectid/:uuid/norollback")
         .put(h(task_norollback));
-    s.at("/subtask/:projectid/:taskuuid").get(h(subtask_list));
+    s.at("/subtask/:projectid/:taskuuid").get(subtask_list);
     s.at("/subtask/:projectid/:subtaskuuid/confirm")
         .put(h(subtask_confirm));
     s.at("/approval/:projectid").get(h(approval_list));
@@ -27,12 +27,51 @@ pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/slave/:slave/log/:key").get(step_log);
 }
 
+/// Runs store work on the store's fixed pool of threads (never a thread
+/// per waiting request).
 pub(super) async fn run<T: Send + 'static>(
     app: &Arc<App>,
     f: impl FnOnce(&App) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let app = app.clone();
-    blocking::unblock(move || f(&app)).await
+    let a2 = app.clone();
+    app.store.offload(move || f(&a2)).await
+}
+
+/// A JSON body serialized straight from `body` (no `Value` tree).
+fn json_bytes(body: &impl serde::Serialize) -> tide::Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut r = tide::Response::new(200);
+            r.set_content_type(mime::JSON);
+            r.set_body(bytes);
+            r
+        }
+        Err(e) => render(Err(Error::Internal(format!("encoding the answer: {e}")))),
+    }
+}
+
+/// `{"stat": true, "data": …}` with the keys in the order of `render`'s.
+#[derive(serde::Serialize)]
+struct Envelope<T> {
+    data: T,
+    stat: bool,
+}
+
+/// Task rows with what each waits for, serialized one by one.
+struct TaskRows {
+    briefs: Vec<TaskBrief>,
+    waiting: Vec<Option<Waiting>>,
+}
+
+impl serde::Serialize for TaskRows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.briefs
+                .iter()
+                .zip(&self.waiting)
+                .map(|(b, w)| b.api(w.as_ref())),
+        )
+    }
 }
 
 /// The `variable` field: an object, or a JSON object in a string (form bodies).
@@ -75,17 +114,22 @@ async fn task_create(mut req: Req) -> Result<Reply> {
         uuid: opt_str(&b, "uuid")?,
         calltype: who.calltype().into(),
     };
-    let task = run(req.state(), move |app| {
-        let (task, subs) = app.engine.plan(&who, &new)?;
-        app.engine.create(&who, task, subs)
-    })
-    .await?;
+    let (who2, state) = (who.clone(), req.state().clone());
+    let (task, subs) = run(req.state(), move |app| app.engine.plan(&who2, &new)).await?;
+    let task = state.engine.create_async(&who, task, subs).await?;
     Ok(Reply::Body(
         json!({"stat": true, "uuid": task.uuid, "data": task.to_api(None)}),
     ))
 }
 
-async fn task_list(req: Req) -> Result<Reply> {
+async fn task_list(req: Req) -> tide::Result {
+    Ok(match task_list_inner(req).await {
+        Ok(r) => r,
+        Err(e) => render(Err(e)),
+    })
+}
+
+async fn task_list_inner(req: Req) -> Result<tide::Response> {
     let (pid, _) = project(&req, Role::Read)?;
     let q = query(&req)?;
     let day = |k: &str| -> Result<Option<i64>> {
@@ -125,19 +169,42 @@ async fn task_list(req: Req) -> Result<Reply> {
         before_id,
         limit: query_count(&q, "limit", 1000, 10_000)?,
     };
+    // OPEN-C3's placeholder rows come as JSON trees (a compatibility path).
+    let placeholders = q
+        .get("allowslavenull")
+        .is_some_and(|v| !v.is_empty() && v != "0");
     let rows = run(req.state(), move |app| {
-        let mut tasks = if waiting {
-            app.engine.waiting_tasks(pid, &f)?
+        let mut briefs: Vec<TaskBrief> = if waiting {
+            let tasks = app.engine.waiting_tasks(pid, &f)?;
+            tasks.iter().map(Task::brief).collect()
         } else {
             app.store.tasks(pid, &f)?
         };
         // The newest `limit` rows, in ascending id as OPEN-C3 answers them.
-        tasks.reverse();
-        let rows = app.engine.tasks_json(pid, &tasks)?;
-        Ok(super::openc3::with_placeholders(app, &tasks, rows, &q))
+        briefs.reverse();
+        let waiting = app.engine.briefs_waiting(&briefs)?;
+        if !placeholders {
+            return Ok(Err(TaskRows { briefs, waiting }));
+        }
+        let tasks: Vec<Task> = briefs.iter().map(TaskBrief::to_task).collect();
+        let rows = briefs
+            .iter()
+            .zip(&waiting)
+            .map(|(b, w)| b.to_api(w.as_ref()))
+            .collect();
+        Ok(Ok(super::openc3::with_placeholders(app, &tasks, rows, &q)))
     })
     .await?;
-    Ok(Reply::Data(Value::Array(rows)))
+    Ok(match rows {
+        Ok(values) => json_bytes(&Envelope {
+            data: values,
+            stat: true,
+        }),
+        Err(rows) => json_bytes(&Envelope {
+            data: rows,
+            stat: true,
+        }),
+    })
 }
 
 async fn task_count(req: Req) -> Result<Reply> {
@@ -206,7 +273,14 @@ async fn task_norollback(req: Req) -> Result<Reply> {
     Ok(Reply::Body(json!({"stat": true, "info": "ok"})))
 }
 
-async fn subtask_list(req: Req) -> Result<Reply> {
+async fn subtask_list(req: Req) -> tide::Result {
+    Ok(match subtask_list_inner(req).await {
+        Ok(r) => r,
+        Err(e) => render(Err(e)),
+    })
+}
+
+async fn subtask_list_inner(req: Req) -> Result<tide::Response> {
     let (pid, _) = project(&req, Role::Read)?;
     let uuid = param(&req, "taskuuid")?.to_string();
     let subs = run(req.state(), move |app| {
@@ -214,9 +288,11 @@ async fn subtask_list(req: Req) -> Result<Reply> {
         app.store.subtasks(&uuid)
     })
     .await?;
-    Ok(Reply::Data(Value::Array(
-        subs.iter().map(Subtask::to_api).collect(),
-    )))
+    let rows: Vec<_> = subs.iter().map(Subtask::api).collect();
+    Ok(json_bytes(&Envelope {
+        data: rows,
+        stat: true,
+    }))
 }
 
 async fn subtask_confirm(mut req: Req) -> Result<Reply> {

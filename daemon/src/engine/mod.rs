@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::logs::{Keys, LogWriter};
 use crate::model::{
     Action, ApprovalStatus, BatchStatus, Confirm, Decision, Group, Node, Opinion, Subtask, Task,
-    TaskStatus,
+    TaskBrief, TaskStatus, Waiting,
 };
 use crate::store::Store;
 use event_listener::Event;
@@ -285,21 +285,24 @@ impl Engine {
     }
 
     /// Stores a planned task (409 if its uuid is taken) and starts its runner.
-    pub fn create(
+    pub fn create(self: &Arc<Self>, who: &Principal, task: Task, subs: Vec<Subtask>) -> Result<Task> {
+        let task = self.store.grouped(insert(&who.name, task, subs))?;
+        self.spawn_runner(task.uuid.clone());
+        Ok(task)
+    }
+
+    /// `create` for async callers: the insert shares a group commit with
+    /// other writes, and waiting for it takes no thread.
+    pub async fn create_async(
         self: &Arc<Self>,
         who: &Principal,
-        mut task: Task,
-        mut subs: Vec<Subtask>,
+        task: Task,
+        subs: Vec<Subtask>,
     ) -> Result<Task> {
-        self.store.tx(|tx| {
-            tx.insert_task(&mut task, &mut subs)?;
-            tx.oplog(
-                task.projectid,
-                &who.name,
-                "START TASK",
-                &format!("task {} job {}", task.uuid, task.name),
-            )
-        })?;
+        let task = self
+            .store
+            .grouped_async(insert(&who.name, task, subs))
+            .await?;
         self.spawn_runner(task.uuid.clone());
         Ok(task)
     }
@@ -319,6 +322,22 @@ impl Engine {
         });
     }
 
+    /// What each listed task waits for, through the one rule
+    /// (`waiting_of`). A finished task without a pending rollback decision
+    /// waits for nothing; only the others are looked at further.
+    pub fn briefs_waiting(&self, briefs: &[TaskBrief]) -> Result<Vec<Option<Waiting>>> {
+        briefs
+            .iter()
+            .map(|b| {
+                if b.is_finished() && b.decision != Decision::Pending {
+                    Ok(None)
+                } else {
+                    self.waiting_of(&b.to_task())
+                }
+            })
+            .collect()
+    }
+
     /// A task of `project`, or 404.
     pub fn task_in(&self, project: u64, uuid: &str) -> Result<Task> {
         check_uuid(uuid)?;
@@ -328,14 +347,15 @@ impl Engine {
     /// Sticky stop. A finished task is left as it is.
     pub fn stop(&self, project: u64, uuid: &str, who: &Principal) -> Result<()> {
         check_uuid(uuid)?;
-        let stopped = self.store.tx(|tx| {
-            let mut t = in_project(tx.task(uuid)?, project, uuid)?;
+        let (id, name) = (uuid.to_string(), who.name.clone());
+        let stopped = self.store.grouped(move |tx| {
+            let mut t = in_project(tx.task(&id)?, project, &id)?;
             if t.is_finished() || t.stopped_by.is_some() {
                 return Ok(false);
             }
-            t.stopped_by = Some(who.name.clone());
+            t.stopped_by = Some(name.clone());
             tx.put_task(&t)?;
-            tx.oplog(project, &who.name, "STOP TASK", &format!("task {uuid}"))?;
+            tx.oplog(project, &name, "STOP TASK", &format!("task {id}"))?;
             Ok(true)
         })?;
         if stopped {
@@ -371,7 +391,9 @@ impl Engine {
                 "uuid: {sub_uuid:?} is not a batch uuid"
             )));
         }
-        let task_uuid = self.store.tx(|tx| {
+        let (sid, name) = (sub_uuid.to_string(), who.name.clone());
+        let task_uuid = self.store.grouped(move |tx| {
+            let sub_uuid = sid.as_str();
             let mut s = tx
                 .subtask(sub_uuid)?
                 .ok_or_else(|| Error::NotFound(format!("no batch {sub_uuid}")))?;
@@ -394,19 +416,19 @@ impl Engine {
                 )));
             }
             if retry {
-                s.confirm = Some(Confirm::RetriedBy(who.name.clone()));
+                s.confirm = Some(Confirm::RetriedBy(name.clone()));
                 s.retry = true;
                 tx.oplog(
                     project,
-                    &who.name,
+                    &name,
                     "RETRY BATCH",
                     &format!("task {} batch {}", t.uuid, s.idx + 1),
                 )?;
             } else {
-                s.confirm = Some(Confirm::ConfirmedBy(who.name.clone()));
+                s.confirm = Some(Confirm::ConfirmedBy(name.clone()));
                 tx.oplog(
                     project,
-                    &who.name,
+                    &name,
                     "CONFIRM BATCH",
                     &format!("task {} batch {}", t.uuid, s.idx + 1),
                 )?;
@@ -483,6 +505,27 @@ impl Engine {
         );
         self.wake(&task);
         Ok(())
+    }
+}
+
+/// The write that stores a new task, its batches and its `START TASK`
+/// entry (it may run again in a later group, see `Store::grouped`).
+fn insert(
+    user: &str,
+    task: Task,
+    subs: Vec<Subtask>,
+) -> impl FnMut(&crate::store::Tx) -> Result<Task> + Send + 'static {
+    let user = user.to_string();
+    move |tx| {
+        let (mut task, mut subs) = (task.clone(), subs.clone());
+        tx.insert_task(&mut task, &mut subs)?;
+        tx.oplog(
+            task.projectid,
+            &user,
+            "START TASK",
+            &format!("task {} job {}", task.uuid, task.name),
+        )?;
+        Ok(task)
     }
 }
 

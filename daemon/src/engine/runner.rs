@@ -11,6 +11,7 @@ use crate::logs::Keys;
 use crate::model::{BatchStatus, Decision, Subtask, Task, TaskStatus};
 use crate::notify::Kind;
 use crate::policy::{NodeOutcome, Verdict};
+use crate::store::Tx;
 use event_listener::Event;
 use futures_lite::FutureExt;
 use std::sync::Arc;
@@ -22,21 +23,42 @@ pub(super) async fn run(e: Arc<Engine>, uuid: String, wake: Arc<Event>) {
     }
 }
 
+/// Runs store work of the runner on the store's fixed pool of threads.
 pub(super) async fn blocking<T: Send + 'static>(
     e: &Arc<Engine>,
     f: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let e = e.clone();
-    blocking::unblock(move || f(&e)).await
+    let e2 = e.clone();
+    e.store.offload(move || f(&e2)).await
 }
 
-fn load(e: &Engine, uuid: &str) -> Result<(Task, Vec<Subtask>)> {
-    e.store.tx(|tx| {
-        let t = tx
-            .task(uuid)?
-            .ok_or_else(|| crate::error::Error::Internal(format!("task {uuid} vanished")))?;
-        Ok((t, tx.subtasks(uuid)?))
+/// Waits (on the blocking pool, not the store's) until queued log records
+/// are stored.
+async fn flush_logs(e: &Engine) {
+    let logs = e.logs.clone();
+    blocking::unblock(move || logs.flush()).await;
+}
+
+async fn load(e: &Arc<Engine>, uuid: &str) -> Result<(Task, Vec<Subtask>)> {
+    let id = uuid.to_string();
+    blocking(e, move |e| {
+        e.store
+            .task_with_subtasks(&id)?
+            .ok_or_else(|| crate::error::Error::Internal(format!("task {id} vanished")))
     })
+    .await
+}
+
+/// Marks a task that has not started `running` (inside the caller's transaction).
+fn start_task(tx: &Tx, uuid: &str) -> Result<()> {
+    if let Some(mut t) = tx.task(uuid)? {
+        if t.status == TaskStatus::Init {
+            t.status = TaskStatus::Running;
+            t.start_ms = Some(crate::clock::now_ms());
+            tx.put_task(&t)?;
+        }
+    }
+    Ok(())
 }
 
 enum Next {
@@ -46,37 +68,38 @@ enum Next {
 }
 
 async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
-    let id = uuid.to_string();
-    blocking(e, move |e| {
-        e.store.tx(|tx| {
-            if let Some(mut t) = tx.task(&id)? {
-                if t.status == TaskStatus::Init {
-                    t.status = TaskStatus::Running;
-                    t.start_ms = Some(crate::clock::now_ms());
-                    tx.put_task(&t)?;
-                }
-            }
-            Ok(())
-        })
-    })
-    .await?;
     loop {
         // Listen before reading, so a change between the read and the wait is not missed.
         let listener = wake.listen();
-        let id = uuid.to_string();
-        let (task, subs) = blocking(e, move |e| load(e, &id)).await?;
+        let (task, subs) = load(e, uuid).await?;
         if task.is_finished() {
             return Ok(());
         }
-        match next_step(&task, &subs) {
+        let next = next_step(&task, &subs);
+        let paced = match &next {
+            Next::Run(sub) => pacing(&task, &subs, sub),
+            _ => None,
+        };
+        // The task's start shares the transaction of its first batch's
+        // start or of its end; only a wait writes it alone.
+        if task.status == TaskStatus::Init && (matches!(next, Next::Wait) || paced.is_some()) {
+            let id = uuid.to_string();
+            e.store.grouped_async(move |tx| start_task(tx, &id)).await?;
+        }
+        match next {
             Next::Finish => {
-                let id = uuid.to_string();
-                blocking(e, move |e| finish(e, &id)).await?;
+                flush_logs(e).await;
+                let (id, notify) = (uuid.to_string(), e.notify.clone());
+                let t = e
+                    .store
+                    .grouped_async(move |tx| finish_in(tx, &notify, &id))
+                    .await?;
+                finished(e, uuid, t).await;
                 return Ok(());
             }
             Next::Wait => listener.await,
             Next::Run(sub) => {
-                if let Some(ms) = pacing(&task, &subs, &sub) {
+                if let Some(ms) = paced {
                     e.logs.append(
                         &Keys::batch(&task.uuid, &sub.uuid),
                         "",
@@ -181,31 +204,37 @@ fn next_step(task: &Task, subs: &[Subtask]) -> Next {
     Next::Finish
 }
 
-/// Ends the task: batches not started become `cancel`, a waiting batch is
-/// released with "task stop", and the task gets its final status.
-fn finish(e: &Engine, uuid: &str) -> Result<()> {
-    e.logs.flush();
-    let t = e.store.tx(|tx| {
-        let Some(mut t) = tx.task(uuid)? else {
-            return Ok(None);
-        };
-        let mut subs = tx.subtasks(uuid)?;
-        let now = crate::clock::now_ms();
-        let end = state::finish(&mut subs, t.stopped_by.as_deref(), t.decision, now);
-        for &i in &end.changed {
-            tx.put_subtask(&subs[i])?;
-        }
-        t.status = end.status;
-        t.finish_ms = Some(now);
-        t.reason = end.reason;
-        t.decision = end.decision;
-        tx.put_task(&t)?;
-        e.notify.emit(tx, Kind::Finished, &t, None, None)?;
-        if t.decision == Decision::Pending {
-            e.notify.emit(tx, Kind::RollbackDecision, &t, None, None)?;
-        }
-        Ok(Some(t))
-    })?;
+/// Ends the task inside the caller's transaction: batches not started
+/// become `cancel`, a waiting batch is released with "task stop", and the
+/// task gets its final status. A task that never started gets its start too.
+fn finish_in(tx: &Tx, notify: &crate::notify::Notifier, uuid: &str) -> Result<Option<Task>> {
+    let Some(mut t) = tx.task(uuid)? else {
+        return Ok(None);
+    };
+    let mut subs = tx.subtasks(uuid)?;
+    let now = crate::clock::now_ms();
+    let end = state::finish(&mut subs, t.stopped_by.as_deref(), t.decision, now);
+    for &i in &end.changed {
+        tx.put_subtask(&subs[i])?;
+    }
+    if t.start_ms.is_none() {
+        t.start_ms = Some(now);
+    }
+    t.status = end.status;
+    t.finish_ms = Some(now);
+    t.reason = end.reason;
+    t.decision = end.decision;
+    tx.put_task(&t)?;
+    notify.emit(tx, Kind::Finished, &t, None, None)?;
+    if t.decision == Decision::Pending {
+        notify.emit(tx, Kind::RollbackDecision, &t, None, None)?;
+    }
+    Ok(Some(t))
+}
+
+/// After the end of a task is durable: webhooks, its last log record,
+/// followers woken.
+async fn finished(e: &Engine, uuid: &str, t: Option<Task>) {
     e.notify.kick();
     if let Some(t) = t {
         let mut text = format!("task finished: {}", t.status);
@@ -216,11 +245,10 @@ fn finish(e: &Engine, uuid: &str) -> Result<()> {
             text.push_str("; waits for a rollback decision (rollback or norollback)");
         }
         e.logs.append(&Keys::task(uuid), "", "info", &text);
-        e.logs.flush();
+        flush_logs(e).await;
     }
     e.logs.notify();
     log::info!("task {uuid} finished");
-    Ok(())
 }
 
 /// Outcome of one step over the batch's nodes.
@@ -248,8 +276,19 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
     if sub.start_ms.is_none() {
         sub.start_ms = Some(crate::clock::now_ms());
     }
-    let s2 = sub.clone();
-    blocking(e, move |e| e.store.tx(|tx| tx.put_subtask(&s2))).await?;
+    let (s2, tid, starts) = (
+        sub.clone(),
+        task.uuid.clone(),
+        task.status == TaskStatus::Init,
+    );
+    e.store
+        .grouped_async(move |tx| {
+            if starts {
+                start_task(tx, &tid)?;
+            }
+            tx.put_subtask(&s2)
+        })
+        .await?;
     let batch_keys = Keys::batch(&task.uuid, &sub.uuid);
     e.logs.append(
         &batch_keys,
@@ -405,11 +444,13 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
     let sub_uuid = sub.uuid.clone();
     let exit = plan::exit_on_failure(&task.vars);
     let batches = task.batches;
-    blocking(e, move |e| {
-        e.logs.flush();
-        let waits = e.store.tx(|tx| {
+    flush_logs(e).await;
+    let notify = e.notify.clone();
+    let (waits, end) = e
+        .store
+        .grouped_async(move |tx| {
             let Some(mut s) = tx.subtask(&sub_uuid)? else {
-                return Ok(None);
+                return Ok((None, None));
             };
             let t = tx.task(&task_uuid)?;
             let stopped_by = t.as_ref().and_then(|t| t.stopped_by.clone());
@@ -446,15 +487,16 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                 }
             }
             tx.put_subtask(&s)?;
-            if let Some(t) = &t {
-                if s.status == BatchStatus::Fail {
-                    e.notify.emit(tx, Kind::Failed, t, Some(&s), None)?;
-                }
-                if s.waiting() {
-                    e.notify.emit(tx, Kind::Waiting, t, Some(&s), None)?;
-                }
+            let Some(t) = t else {
+                return Ok((None, None));
+            };
+            if s.status == BatchStatus::Fail {
+                notify.emit(tx, Kind::Failed, &t, Some(&s), None)?;
             }
-            Ok(s.waiting().then(|| {
+            if s.waiting() {
+                notify.emit(tx, Kind::Waiting, &t, Some(&s), None)?;
+            }
+            let waits = s.waiting().then(|| {
                 if s.status == BatchStatus::Success {
                     return format!(
                         "batch {}/{} passed; waits at a canary gate (_pause_after_): continue or stop",
@@ -468,15 +510,24 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
                     batches,
                     s.reason
                 )
-            }))
-        })?;
-        e.notify.kick();
-        if let Some(text) = waits {
-            e.logs.append(&Keys::batch(&task_uuid, &sub_uuid), "", "info", &text);
-        }
-        // Followers of this batch's logs learn that it ended.
-        e.logs.notify();
-        Ok(())
-    })
-    .await
+            });
+            // The last batch's end and the task's end share one transaction.
+            let subs = tx.subtasks(&task_uuid)?;
+            if matches!(next_step(&t, &subs), Next::Finish) {
+                return Ok((waits, Some(finish_in(tx, &notify, &task_uuid)?)));
+            }
+            Ok((waits, None))
+        })
+        .await?;
+    e.notify.kick();
+    if let Some(text) = waits {
+        e.logs
+            .append(&Keys::batch(&task.uuid, &sub.uuid), "", "info", &text);
+    }
+    // Followers of this batch's logs learn that it ended.
+    e.logs.notify();
+    if let Some(t) = end {
+        finished(e, &task.uuid, t).await;
+    }
+    Ok(())
 }

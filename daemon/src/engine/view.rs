@@ -35,21 +35,6 @@ impl Engine {
         Ok(t.to_api(self.waiting_of(t)?.as_ref()))
     }
 
-    /// Tasks of one project as the API answers them (pending approvals are
-    /// read once for the whole list, and only if a task is unfinished).
-    pub fn tasks_json(&self, project: u64, tasks: &[Task]) -> Result<Vec<Value>> {
-        let approvals = if tasks.iter().any(|t| !t.is_finished()) {
-            self.store.pending_approvals(project)?
-        } else {
-            Vec::new()
-        };
-        let now = crate::clock::now_ms();
-        tasks
-            .iter()
-            .map(|t| Ok(t.to_api(self.waiting_with(t, &approvals, now)?.as_ref())))
-            .collect()
-    }
-
     /// Tasks of `project` that wait for a person, newest first, filtered by
     /// `f` (its status is ignored). Only unfinished tasks and deploys started
     /// in the rollback window can wait, so the scan stays small.

@@ -1,7 +1,7 @@
 //! Reads behind the OPEN-C3 calls that jobx's own API does not make: tasks
 //! by name over every project (flowlines), task counts in a time range.
 
-use super::tasks::{TASKS, TASK_INDEX, TASK_TIME};
+use super::tasks::{TASKS, TASK_BRIEFS, TASK_INDEX, TASK_TIME};
 use super::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -65,10 +65,11 @@ impl Store {
         }
         self.read(|tx| {
             let idx = tx.open_table(TASK_TIME)?;
-            let tasks = tx.open_table(TASKS)?;
+            let briefs = tx.open_table(TASK_BRIEFS)?;
             let mut out = BTreeMap::new();
             for row in idx.range((project, from, 0)..(project, to, 0))? {
-                if let Some(t) = get_json::<_, Status>(&tasks, row?.1.value())? {
+                let (k, _) = row?;
+                if let Some(t) = get_json::<_, Status>(&briefs, (project, k.value().2))? {
                     *out.entry(t.status.to_string()).or_insert(0) += 1;
                 }
             }

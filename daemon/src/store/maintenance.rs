@@ -299,6 +299,7 @@ impl Store {
         rows += copy_table(&src, &dst, TASKS, &mut copied)?;
         rows += copy_table(&src, &dst, TASK_INDEX, &mut copied)?;
         rows += copy_table(&src, &dst, TASK_TIME, &mut copied)?;
+        rows += copy_table(&src, &dst, super::tasks::TASK_BRIEFS, &mut copied)?;
         rows += copy_table(&src, &dst, ACTIVE, &mut copied)?;
         rows += copy_table(&src, &dst, SUBTASKS, &mut copied)?;
         rows += copy_table(&src, &dst, SUBTASK_INDEX, &mut copied)?;

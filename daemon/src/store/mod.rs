@@ -11,6 +11,8 @@ mod maintenance;
 mod outbox;
 mod projects;
 mod tasks;
+mod workers;
+mod writer;
 
 pub use compat::NamedTask;
 pub use log_codec::Stream as LogStream;
@@ -23,6 +25,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Counters: next ids.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -45,8 +48,12 @@ pub(crate) const GROUP_INDEX: TableDefinition<(u64, u64), ()> = TableDefinition:
 pub(crate) const OPLOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("oplog");
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
+    /// Group commits of task transitions (see `writer.rs`).
+    writer: writer::Writer,
+    /// The fixed pool that store work runs on (see `workers.rs`).
+    workers: workers::Workers,
 }
 
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -136,7 +143,13 @@ impl Store {
                 )),
                 other => Error::from(other),
             })?;
-        let store = Store { db, path };
+        let db = Arc::new(db);
+        let store = Store {
+            writer: writer::Writer::start(db.clone())?,
+            workers: workers::Workers::start(workers::THREADS)?,
+            db,
+            path,
+        };
         store.write(|tx| {
             tx.open_table(META)?;
             tx.open_table(NODES)?;
@@ -150,6 +163,7 @@ impl Store {
             logs::create_tables(tx)?;
             tasks::create_tables(tx)
         })?;
+        store.backfill_briefs()?;
         let moved = store.migrate_logs()?;
         if moved > 0 {
             log::info!("store: {moved} log records moved to the segment layout");
@@ -167,6 +181,35 @@ impl Store {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Runs `f` in the next group commit (one transaction and one fsync
+    /// shared with the writes queued meanwhile) and waits until it is
+    /// durable. On error nothing of `f` is written. `f` may run more than
+    /// once (see `writer.rs`); only its last run counts.
+    pub fn grouped<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Tx) -> Result<T> + Send + 'static,
+    {
+        self.writer.write(f)
+    }
+
+    /// `grouped` for async callers: waiting for the commit takes no thread.
+    pub async fn grouped_async<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Tx) -> Result<T> + Send + 'static,
+    {
+        self.writer.write_async(f).await
+    }
+
+    /// Runs blocking store work on the store's fixed pool of threads.
+    pub async fn offload<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.workers.run(f).await
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot).

@@ -4,7 +4,8 @@
 //! projects, not of rows, except for the counts themselves.
 
 use super::tasks::{
-    ACTIVE, APPROVALS, APPROVAL_PENDING, SUBTASKS, SUBTASK_INDEX, TASKS, TASK_INDEX, TASK_TIME,
+    ACTIVE, APPROVALS, APPROVAL_PENDING, SUBTASKS, SUBTASK_INDEX, TASKS, TASK_BRIEFS, TASK_INDEX,
+    TASK_TIME,
 };
 use super::*;
 use crate::model::{Approval, Subtask};
@@ -113,12 +114,13 @@ impl Store {
             }
             // Recent finished tasks: failures, and deploys waiting for a rollback decision.
             let time = tx.open_table(TASK_TIME)?;
+            let briefs = tx.open_table(TASK_BRIEFS)?;
             let pids: Vec<u64> = out.keys().copied().collect();
             for pid in pids {
                 let from = now_ms.saturating_sub(RECENT_MS);
                 for row in time.range((pid, from, 0)..=(pid, i64::MAX, u64::MAX))? {
-                    let (_, uuid) = row?;
-                    let Some(t) = get_json::<_, Brief>(&tasks, uuid.value())? else {
+                    let (k, _) = row?;
+                    let Some(t) = get_json::<_, Brief>(&briefs, (pid, k.value().2))? else {
                         continue;
                     };
                     let p = out.entry(pid).or_default();

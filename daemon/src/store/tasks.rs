@@ -4,14 +4,21 @@
 //! row they index: tasks by (project, id) for listing, by (project, created
 //! time, id) for statistics, the set of unfinished tasks for recovery,
 //! subtasks by (task, position), and pending approvals by project.
+//!
+//! Each task has a brief beside it (`task_briefs`, by (project, id)): its
+//! list row without the job and node snapshots, written in the same
+//! transaction as the task row. Listing and statistics read only briefs.
 
 use super::*;
-use crate::model::{Approval, Subtask, Task, TaskStatus};
+use crate::model::{Approval, Subtask, Task, TaskBrief, TaskStatus};
 
 pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 pub(super) const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
 pub(super) const TASK_TIME: TableDefinition<(u64, i64, u64), &str> =
     TableDefinition::new("task_time");
+/// (project, task id) → TaskBrief JSON.
+pub(super) const TASK_BRIEFS: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("task_briefs");
 pub(super) const ACTIVE: TableDefinition<&str, ()> = TableDefinition::new("active_tasks");
 pub(super) const SUBTASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("subtasks");
 pub(super) const SUBTASK_INDEX: TableDefinition<(&str, u32), &str> =
@@ -27,6 +34,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<()> {
     tx.open_table(TASKS)?;
     tx.open_table(TASK_INDEX)?;
     tx.open_table(TASK_TIME)?;
+    tx.open_table(TASK_BRIEFS)?;
     tx.open_table(ACTIVE)?;
     tx.open_table(SUBTASKS)?;
     tx.open_table(SUBTASK_INDEX)?;
@@ -82,7 +90,18 @@ impl Tx<'_> {
     }
 
     pub fn put_task(&self, t: &Task) -> Result<()> {
-        let old = self.task(&t.uuid)?.map(|o| o.status);
+        #[derive(serde::Deserialize)]
+        struct Status {
+            status: TaskStatus,
+        }
+        let mut briefs = self.0.open_table(TASK_BRIEFS)?;
+        // The old status from the brief: the task row is not decoded.
+        let old = match get_json::<_, Status>(&briefs, (t.projectid, t.id))? {
+            Some(b) => Some(b.status),
+            None => self.task(&t.uuid)?.map(|o| o.status),
+        };
+        briefs.insert((t.projectid, t.id), to_json(&t.brief())?.as_slice())?;
+        drop(briefs);
         if old != Some(t.status) {
             let mut counts = self.0.open_table(STATUS_COUNT)?;
             if let Some(o) = old {
@@ -192,16 +211,32 @@ pub struct TaskFilter {
 
 impl TaskFilter {
     pub fn matches(&self, t: &Task) -> bool {
-        self.name
-            .as_ref()
-            .is_none_or(|n| t.name.contains(n.as_str()))
-            && self.user.as_ref().is_none_or(|u| &t.user == u)
-            && self.status.is_none_or(|s| t.status == s)
-            && self.taskuuid.as_ref().is_none_or(|u| &t.uuid == u)
-            && self.from_ms.is_none_or(|f| t.created_ms >= f)
-            && self.to_ms.is_none_or(|e| t.created_ms < e)
+        self.matches_fields(&t.name, &t.user, t.status, &t.uuid, t.created_ms)
+    }
+
+    pub fn matches_brief(&self, t: &TaskBrief) -> bool {
+        self.matches_fields(&t.name, &t.user, t.status, &t.uuid, t.created_ms)
+    }
+
+    fn matches_fields(
+        &self,
+        name: &str,
+        user: &str,
+        status: TaskStatus,
+        uuid: &str,
+        created_ms: i64,
+    ) -> bool {
+        self.name.as_ref().is_none_or(|n| name.contains(n.as_str()))
+            && self.user.as_ref().is_none_or(|u| user == u)
+            && self.status.is_none_or(|s| status == s)
+            && self.taskuuid.as_ref().is_none_or(|u| uuid == u)
+            && self.from_ms.is_none_or(|f| created_ms >= f)
+            && self.to_ms.is_none_or(|e| created_ms < e)
     }
 }
+
+/// Tasks whose briefs one backfill transaction writes at most.
+const BACKFILL_BATCH: usize = 1000;
 
 impl Store {
     /// Runs `f` over a task transaction and commits durably.
@@ -225,39 +260,57 @@ impl Store {
         self.read(|tx| get_json(&tx.open_table(SUBTASKS)?, uuid))
     }
 
-    /// Tasks of a project, newest first, filtered. With a time filter the
-    /// time index bounds the scan (order: creation time, which follows ids).
-    pub fn tasks(&self, project: u64, f: &TaskFilter) -> Result<Vec<Task>> {
+    /// A task and its batches, read in one snapshot.
+    pub fn task_with_subtasks(&self, uuid: &str) -> Result<Option<(Task, Vec<Subtask>)>> {
         self.read(|tx| {
-            let tasks = tx.open_table(TASKS)?;
-            let mut out = Vec::new();
-            // Keeps a matching task; answers whether the page is full.
-            let mut keep = |uuid: &str| -> Result<bool> {
-                if let Some(t) = get_json::<_, Task>(&tasks, uuid)? {
-                    if f.matches(&t) {
-                        out.push(t);
-                    }
-                }
-                Ok(out.len() >= f.limit)
+            let Some(t) = get_json::<_, Task>(&tx.open_table(TASKS)?, uuid)? else {
+                return Ok(None);
             };
+            let idx = tx.open_table(SUBTASK_INDEX)?;
+            let subs = tx.open_table(SUBTASKS)?;
+            Ok(Some((t, subtasks_of(&idx, &subs, uuid)?)))
+        })
+    }
+
+    /// The briefs of a project's tasks, newest first, filtered. With a time
+    /// filter the time index bounds the scan (order: creation time, which
+    /// follows ids). Memory stays bounded by the limit however many match.
+    pub fn tasks(&self, project: u64, f: &TaskFilter) -> Result<Vec<TaskBrief>> {
+        self.read(|tx| {
+            let briefs = tx.open_table(TASK_BRIEFS)?;
+            let mut out = Vec::new();
             let hi = f.before_id.map(|b| b.saturating_sub(1)).unwrap_or(u64::MAX);
+            if f.limit == 0 {
+                return Ok(out);
+            }
             if f.from_ms.is_some() || f.to_ms.is_some() {
                 let lo = f.from_ms.unwrap_or(i64::MIN);
                 let to = f.to_ms.unwrap_or(i64::MAX);
                 let idx = tx.open_table(TASK_TIME)?;
-                // Newest first straight from the time index, stopping at the
-                // limit: memory stays bounded however wide the range is.
                 for row in idx.range((project, lo, 0)..(project, to, 0))?.rev() {
-                    let (k, uuid) = row?;
-                    if k.value().2 <= hi && keep(uuid.value())? {
-                        break;
+                    let (k, _) = row?;
+                    let id = k.value().2;
+                    if id > hi {
+                        continue;
+                    }
+                    if let Some(b) = get_json::<_, TaskBrief>(&briefs, (project, id))? {
+                        if f.matches_brief(&b) {
+                            out.push(b);
+                            if out.len() >= f.limit {
+                                break;
+                            }
+                        }
                     }
                 }
             } else {
-                let idx = tx.open_table(TASK_INDEX)?;
-                for row in idx.range((project, 0)..=(project, hi))?.rev() {
-                    if keep(row?.1.value())? {
-                        break;
+                for row in briefs.range((project, 0)..=(project, hi))?.rev() {
+                    let (_, v) = row?;
+                    let b: TaskBrief = from_json(v.value())?;
+                    if f.matches_brief(&b) {
+                        out.push(b);
+                        if out.len() >= f.limit {
+                            break;
+                        }
                     }
                 }
             }
@@ -266,7 +319,7 @@ impl Store {
     }
 
     /// Tasks of a project created in `[from, to)`, oldest first, read as
-    /// `T` (a `TaskSummary` skips the job and node snapshots).
+    /// `T` from their briefs (a `TaskSummary`, a `TaskBrief`).
     pub fn tasks_between<T: DeserializeOwned>(
         &self,
         project: u64,
@@ -275,15 +328,63 @@ impl Store {
     ) -> Result<Vec<T>> {
         self.read(|tx| {
             let idx = tx.open_table(TASK_TIME)?;
-            let tasks = tx.open_table(TASKS)?;
+            let briefs = tx.open_table(TASK_BRIEFS)?;
             let mut out = Vec::new();
             for row in idx.range((project, from, 0)..(project, to, 0))? {
-                if let Some(t) = get_json(&tasks, row?.1.value())? {
+                let (k, _) = row?;
+                if let Some(t) = get_json(&briefs, (project, k.value().2))? {
                     out.push(t);
                 }
             }
             Ok(out)
         })
+    }
+
+    /// Writes the briefs of tasks stored without one (a store written
+    /// before briefs existed), in transactions of `BACKFILL_BATCH` tasks.
+    /// Cheap when nothing is missing: the two tables' lengths are equal.
+    pub(super) fn backfill_briefs(&self) -> Result<()> {
+        use redb::ReadableTableMetadata;
+        let missing =
+            self.read(|tx| Ok(tx.open_table(TASKS)?.len()? != tx.open_table(TASK_BRIEFS)?.len()?))?;
+        if !missing {
+            return Ok(());
+        }
+        log::info!("writing the list rows (briefs) of stored tasks");
+        let mut after: Option<String> = None;
+        let mut written = 0u64;
+        loop {
+            let from = after.clone();
+            let last = self.write(|tx| {
+                let tasks = tx.open_table(TASKS)?;
+                let mut briefs = tx.open_table(TASK_BRIEFS)?;
+                let mut range = match &from {
+                    Some(u) => tasks.range::<&str>((
+                        std::ops::Bound::Excluded(u.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))?,
+                    None => tasks.range::<&str>(..)?,
+                };
+                let mut last = None;
+                for _ in 0..BACKFILL_BATCH {
+                    let Some(row) = range.next() else { break };
+                    let (k, v) = row?;
+                    let t: Task = from_json(v.value())?;
+                    if briefs.get((t.projectid, t.id))?.is_none() {
+                        briefs.insert((t.projectid, t.id), to_json(&t.brief())?.as_slice())?;
+                        written += 1;
+                    }
+                    last = Some(k.value().to_string());
+                }
+                Ok(last)
+            })?;
+            match last {
+                Some(u) => after = Some(u),
+                None => break,
+            }
+        }
+        log::info!("wrote {written} task briefs");
+        Ok(())
     }
 
     /// Uuids of tasks not finished (for restart recovery).
@@ -323,5 +424,224 @@ impl Store {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Action, BatchStatus, Decision};
+    use std::sync::Arc;
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("jobx-tasks-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn task(project: u64, uuid: &str, name: &str) -> Task {
+        Task {
+            id: 0,
+            projectid: project,
+            uuid: uuid.into(),
+            name: name.into(),
+            group: "val=n1".into(),
+            user: "alice".into(),
+            slave: "s".into(),
+            status: TaskStatus::Success,
+            created_ms: 1_000,
+            start_ms: Some(1_001),
+            finish_ms: Some(2_000),
+            calltype: "api".into(),
+            reason: String::new(),
+            variable: serde_json::json!({"version": "1"}),
+            vars: Default::default(),
+            steps: Vec::new(),
+            nodes: Default::default(),
+            batches: 1,
+            action: Action::Deploy,
+            stopped_by: None,
+            decision: Decision::None,
+            policy: Default::default(),
+        }
+    }
+
+    fn batch(task: &str, uuid: &str) -> Subtask {
+        Subtask {
+            id: 0,
+            parent_uuid: task.into(),
+            uuid: uuid.into(),
+            idx: 0,
+            nodes: vec!["n1".into()],
+            status: BatchStatus::Success,
+            confirm: None,
+            start_ms: None,
+            finish_ms: None,
+            reason: String::new(),
+            failed_step: None,
+            failed_nodes: Vec::new(),
+            retry: false,
+        }
+    }
+
+    /// Writes a task the way the store did before briefs: the task row and
+    /// its indexes, no brief.
+    fn write_old_row(s: &Store, mut t: Task) {
+        s.write(|tx| {
+            t.id = next_id(tx, "task")?;
+            tx.open_table(TASKS)?
+                .insert(t.uuid.as_str(), to_json(&t)?.as_slice())?;
+            tx.open_table(TASK_INDEX)?
+                .insert((t.projectid, t.id), t.uuid.as_str())?;
+            tx.open_table(TASK_TIME)?
+                .insert((t.projectid, t.created_ms, t.id), t.uuid.as_str())?;
+            Ok(())
+        })
+        .expect("old row");
+    }
+
+    #[test]
+    fn a_store_written_before_briefs_gets_them_at_open() {
+        let dir = temp_dir("backfill");
+        let s = Store::open(&dir).expect("open");
+        // More than one backfill transaction's worth.
+        let n = BACKFILL_BATCH + 5;
+        for i in 0..n {
+            write_old_row(&s, task(4, &format!("Task{i:07}x"), &format!("job{i}")));
+        }
+        let all = TaskFilter {
+            limit: 10_000,
+            ..Default::default()
+        };
+        assert!(s.tasks(4, &all).expect("list").is_empty(), "no briefs yet");
+        drop(s);
+        let s = Store::open(&dir).expect("reopen");
+        let listed = s.tasks(4, &all).expect("list");
+        assert_eq!(listed.len(), n);
+        // Newest first, each brief the one of its task row.
+        assert_eq!(listed[0].id, n as u64);
+        let row = s.task(&listed[0].uuid).expect("read").expect("task");
+        assert_eq!(listed[0], row.brief());
+        let between: Vec<TaskBrief> = s.tasks_between(4, 0, i64::MAX).expect("between");
+        assert_eq!(between.len(), n);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn briefs_follow_their_task_and_filter_as_tasks_did() {
+        let dir = temp_dir("briefs");
+        let s = Store::open(&dir).expect("open");
+        for (i, name) in ["web", "db", "web-canary"].iter().enumerate() {
+            let mut t = task(5, &format!("Brief{i:06}x"), name);
+            t.status = TaskStatus::Init;
+            let mut subs = vec![batch(&t.uuid, &format!("Batch{i:06}x"))];
+            s.tx(|tx| tx.insert_task(&mut t, &mut subs))
+                .expect("insert");
+        }
+        let f = |name: Option<&str>, status: Option<TaskStatus>| TaskFilter {
+            name: name.map(String::from),
+            status,
+            limit: 10,
+            ..Default::default()
+        };
+        let names = |v: Vec<TaskBrief>| v.into_iter().map(|b| b.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(s.tasks(5, &f(Some("web"), None)).expect("list")),
+            ["web-canary", "web"]
+        );
+        // A change of the task shows in its brief, in the same commit.
+        s.tx(|tx| {
+            let mut t = tx.task("Brief000001x")?.expect("db");
+            t.status = TaskStatus::Fail;
+            t.reason = "exit 1".into();
+            tx.put_task(&t)
+        })
+        .expect("update");
+        let failed = s.tasks(5, &f(None, Some(TaskStatus::Fail))).expect("list");
+        assert_eq!(names(failed.clone()), ["db"]);
+        assert_eq!(failed[0].reason, "exit 1");
+        let counts: std::collections::BTreeMap<String, u64> = s
+            .task_status_counts()
+            .expect("counts")
+            .into_iter()
+            .collect();
+        assert_eq!((counts["init"], counts["fail"]), (2, 1));
+        // Another project's tasks are not listed.
+        assert!(s.tasks(6, &f(None, None)).expect("list").is_empty());
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failing_write_in_a_group_leaves_nothing_and_the_others_commit() {
+        let dir = temp_dir("group");
+        let s = Arc::new(Store::open(&dir).expect("open"));
+        let threads: Vec<_> = (0..40)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let uuid = format!("Group{i:06}x");
+                    s.grouped(move |tx| {
+                        let mut t = task(7, &uuid, "job");
+                        let mut subs = vec![batch(&uuid, &format!("Gbat{i:07}x"))];
+                        tx.insert_task(&mut t, &mut subs)?;
+                        if i % 7 == 3 {
+                            // Fails after writing: none of it may stay.
+                            return Err(Error::Conflict(format!("refused {i}")));
+                        }
+                        Ok(t.id)
+                    })
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for (i, h) in threads.into_iter().enumerate() {
+            match h.join().expect("thread") {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    assert_eq!(i % 7, 3, "only the refused fail: {e}");
+                    assert_eq!(e, Error::Conflict(format!("refused {i}")));
+                }
+            }
+        }
+        assert_eq!(ids.len(), 40 - 6);
+        let all = TaskFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        let listed = s.tasks(7, &all).expect("list");
+        assert_eq!(listed.len(), ids.len());
+        for i in 0..40 {
+            let stored = s.task(&format!("Group{i:06}x")).expect("read");
+            assert_eq!(stored.is_some(), i % 7 != 3, "task {i}");
+            let sub = s.subtask(&format!("Gbat{i:07}x")).expect("read");
+            assert_eq!(sub.is_some(), i % 7 != 3, "batch {i}");
+        }
+        // Answers come after the commit: what was acknowledged is there.
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 40 - 6, "every acknowledged task has its own id");
+        drop(listed);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_group_write_is_durable_across_a_reopen() {
+        let dir = temp_dir("durable");
+        let s = Store::open(&dir).expect("open");
+        let id = async_std::task::block_on(s.grouped_async(|tx| {
+            let mut t = task(8, "Durable0001x", "job");
+            tx.insert_task(&mut t, &mut [])?;
+            Ok(t.id)
+        }))
+        .expect("write");
+        drop(s);
+        let s = Store::open(&dir).expect("reopen");
+        let t = s.task("Durable0001x").expect("read").expect("stored");
+        assert_eq!(t.id, id);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
