@@ -1,19 +1,18 @@
-//! Running `cmd` steps: one event-loop thread per executor watches every
-//! running step process (output pipes, exit, timeout, cancel) with `poll`,
-//! so waiting costs no thread per step.
+//! Running `cmd` steps: one event-loop thread per executor spawns every
+//! step and watches every running step process (output pipes, exit,
+//! timeout, cancel) with `poll`, so waiting costs no thread per step.
 //!
-//! Each step runs under a small watchdog shell that leads its own process
-//! group: the step is started in the background, and the watchdog keeps a
-//! pipe ("lifeline") whose only writer is this process. When the daemon dies,
-//! even by SIGKILL, the kernel closes that writer, the watchdog reads EOF and
-//! kills its whole group.
+//! Each step is the interpreter itself, leading its own process group (see
+//! `spawn`). The lifeline is the instance's one reaper process (see
+//! `reaper`), which kills every live group should the daemon die, plus
+//! `PR_SET_PDEATHSIG` on each leader.
 
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,13 +22,16 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
 use jobx_step::lines::LineSplitter;
-use jobx_step::{ScriptFile, WATCHDOG};
+use jobx_step::ScriptFile;
+
+use crate::reaper::Reaper;
+use crate::spawn::{spawn, Spec};
 
 /// The scp tests name their scratch directories with it.
 #[cfg(test)]
 pub(crate) use jobx_step::unique;
 
-/// How long output may still arrive after the watchdog exited (from
+/// How long output may still arrive after the step's leader exited (from
 /// processes that left the group but kept the pipes open).
 const DRAIN: Duration = Duration::from_secs(2);
 /// How often exits are checked where pidfds are unavailable.
@@ -39,20 +41,6 @@ const CHUNK: usize = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What to run for one step.
-pub struct Spec {
-    /// The interpreter, as an absolute path.
-    pub program: PathBuf,
-    /// Arguments after the program (the script file, then the step's args).
-    pub args: Vec<String>,
-    /// Environment additions.
-    pub env: Vec<(String, String)>,
-    /// Working directory.
-    pub cwd: PathBuf,
-    /// 0 = no limit.
-    pub timeout_secs: u64,
 }
 
 /// Why a run is being killed.
@@ -76,24 +64,31 @@ impl Pipe {
         }
     }
 }
+/// Where a step's leader is in its life.
+enum Life {
+    Running,
+    /// Exited and its group killed, not yet reaped: the zombie keeps the
+    /// pgid reserved until the reaper has been told the group ended.
+    Exited,
+    /// Reaped: when, and its status if it could be read.
+    Reaped(Instant, Option<ExitStatus>),
+}
 
-/// One running step process (the watchdog and its group).
+/// One running step: its leader (the interpreter) and its group.
 struct Proc {
     run: RunId,
     out: Reporter,
     child: Child,
     pgid: Pid,
     pidfd: Option<OwnedFd>,
-    lifeline: Option<ChildStdin>,
     stdout: Option<Pipe>,
     stderr: Option<Pipe>,
     deadline: Option<Instant>,
     timeout_secs: u64,
     ending: Option<Ending>,
     kill_at: Option<Instant>,
-    /// The watchdog's exit: when, and its status if it could be read.
-    exited: Option<(Instant, Option<ExitStatus>)>,
-    _script: ScriptFile,
+    life: Life,
+    script: ScriptFile,
 }
 
 #[derive(Clone, Copy)]
@@ -109,8 +104,12 @@ impl Proc {
         let _ = rustix::process::kill_process_group(self.pgid, sig);
     }
 
+    fn running(&self) -> bool {
+        matches!(self.life, Life::Running)
+    }
+
     fn start_kill(&mut self, why: Ending, grace: Duration) {
-        if self.ending.is_some() || self.exited.is_some() {
+        if self.ending.is_some() || !self.running() {
             return;
         }
         self.ending = Some(why);
@@ -145,14 +144,14 @@ impl Proc {
         }
     }
 
-    /// Checks whether the watchdog exited; if so, kills what is left of its
-    /// group and reaps it.
-    fn check_exit(&mut self) {
-        if self.exited.is_some() {
+    /// Checks whether the leader exited; if so, kills what is left of its
+    /// group and tells the reaper. Reaping waits for the reaper's flush.
+    fn check_exit(&mut self, reaper: &mut Reaper) {
+        if !self.running() {
             return;
         }
         // Look without reaping, so the group id cannot be reused before the
-        // group is killed.
+        // group is killed and the reaper has been told.
         let opts = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
         match rustix::process::waitid(WaitId::Pid(self.pgid), opts) {
             Ok(None) => return,
@@ -163,15 +162,22 @@ impl Proc {
         }
         // Processes the step left behind in its group end with it.
         self.signal_group(Signal::KILL);
-        let status = self.child.wait().ok();
-        self.exited = Some((Instant::now(), status));
+        reaper.removed(self.pgid);
+        self.life = Life::Exited;
         self.pidfd = None;
-        self.lifeline = None;
         self.kill_at = None;
     }
 
-    fn on_timer(&mut self, now: Instant, grace: Duration) {
-        if self.exited.is_some() {
+    /// Reaps an exited leader (after the reaper was told).
+    fn reap(&mut self) {
+        if matches!(self.life, Life::Exited) {
+            let status = self.child.wait().ok();
+            self.life = Life::Reaped(Instant::now(), status);
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, grace: Duration, reaper: &mut Reaper) {
+        if !self.running() {
             return;
         }
         if let Some(deadline) = self.deadline {
@@ -186,18 +192,22 @@ impl Proc {
             }
         }
         if self.pidfd.is_none() {
-            self.check_exit();
+            self.check_exit(reaper);
         }
     }
 
     /// The next moment this process needs attention without any fd event.
     fn next_timer(&self) -> Option<Instant> {
-        if let Some((at, _)) = self.exited {
-            return if self.stdout.is_some() || self.stderr.is_some() {
-                Some(at + DRAIN)
-            } else {
-                Some(at)
-            };
+        match self.life {
+            Life::Reaped(at, _) => {
+                return if self.stdout.is_some() || self.stderr.is_some() {
+                    Some(at + DRAIN)
+                } else {
+                    Some(at)
+                };
+            }
+            Life::Exited => return Some(Instant::now()),
+            Life::Running => {}
         }
         let mut next = self.kill_at;
         if self.ending.is_none() {
@@ -209,34 +219,46 @@ impl Proc {
         next
     }
 
-    /// Whether the run can be reported: exited and output drained (or the
+    /// Whether the run can be reported: reaped and output drained (or the
     /// drain period is over).
     fn finished(&self, now: Instant) -> bool {
-        match self.exited {
-            Some((at, _)) => (self.stdout.is_none() && self.stderr.is_none()) || now >= at + DRAIN,
-            None => false,
+        match self.life {
+            Life::Reaped(at, _) => {
+                (self.stdout.is_none() && self.stderr.is_none()) || now >= at + DRAIN
+            }
+            _ => false,
         }
     }
 
     fn report(mut self) {
         close_pipe(&mut self.stdout, &self.out, Stream::Stdout);
         close_pipe(&mut self.stderr, &self.out, Stream::Stderr);
-        let status = self.exited.and_then(|(_, s)| s);
-        let result = match self.ending {
-            Some(Ending::Timeout(secs)) => StepResult::failed(format!("timeout after {secs} s")),
-            Some(Ending::Cancelled) => StepResult::failed("cancelled"),
-            None => match status {
-                Some(s) => match (s.code(), s.signal()) {
-                    (Some(code), _) => StepResult::exited(code),
-                    (None, Some(sig)) => StepResult::failed(format!("killed by signal {sig}")),
-                    _ => StepResult::failed("unknown exit status"),
-                },
-                None => StepResult::failed("the exit status of the step was lost"),
-            },
+        let status = match self.life {
+            Life::Reaped(_, s) => s,
+            _ => None,
         };
+        let result = outcome(self.ending, status);
         let out = self.out.clone();
         drop(self);
         out.done(result);
+    }
+}
+
+/// The result of a run from why it was killed (if it was) and the leader's
+/// exit status. A leader killed by a signal reports 128 + the signal
+/// number, as a shell reports it, and as the ssh and agent executors do.
+fn outcome(ending: Option<Ending>, status: Option<ExitStatus>) -> StepResult {
+    match ending {
+        Some(Ending::Timeout(secs)) => StepResult::failed(format!("timeout after {secs} s")),
+        Some(Ending::Cancelled) => StepResult::failed("cancelled"),
+        None => match status {
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => StepResult::exited(code),
+                (None, Some(sig)) => StepResult::exited(128 + sig),
+                _ => StepResult::failed("unknown exit status"),
+            },
+            None => StepResult::failed("the exit status of the step was lost"),
+        },
     }
 }
 
@@ -254,8 +276,16 @@ fn close_pipe(pipe: &mut Option<Pipe>, out: &Reporter, stream: Stream) {
     }
 }
 
+/// A step to spawn on the loop thread.
+struct Pending {
+    run: RunId,
+    spec: Spec,
+    script: ScriptFile,
+    out: Reporter,
+}
+
 enum Msg {
-    Start(Box<Proc>),
+    Start(Box<Pending>),
     Cancel(RunId),
 }
 
@@ -268,8 +298,10 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Starts the event loop thread.
-    pub fn spawn(grace: Duration) -> io::Result<Arc<Driver>> {
+    /// Starts the reaper (for script files in `script_dir`) and the event
+    /// loop thread.
+    pub fn spawn(grace: Duration, script_dir: &Path) -> io::Result<Arc<Driver>> {
+        let reaper = Reaper::spawn(script_dir)?;
         let (wake, wake_rx) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
@@ -287,10 +319,12 @@ impl Driver {
                     driver: shared.clone(),
                     wake_rx,
                     procs: Vec::new(),
+                    reaper,
                 };
-                // Should the loop ever panic, its processes are dropped: their
-                // lifelines close (the watchdogs kill the groups) and their
-                // reporters end the runs with an error.
+                // Should the loop ever panic, its processes are dropped: the
+                // reaper's pipe closes (it kills the groups), this thread
+                // ends (PDEATHSIG kills the leaders) and the reporters end
+                // the runs with an error.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ev.run()));
                 shared.alive.store(false, Ordering::Release);
                 drop(ev);
@@ -307,7 +341,8 @@ impl Driver {
         let _ = (&self.wake).write(&[1]);
     }
 
-    /// Spawns the step under its watchdog and hands it to the loop.
+    /// Hands the step to the loop, which spawns it (a failed spawn is
+    /// reported through `out`).
     pub fn start(
         &self,
         run: RunId,
@@ -318,44 +353,12 @@ impl Driver {
         if !self.alive.load(Ordering::Acquire) {
             return Err("the local executor's event loop has stopped".to_string());
         }
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(WATCHDOG)
-            .arg("jobx-watchdog")
-            .arg(script.path())
-            .arg(&spec.program)
-            .args(&spec.args)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spec.cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
-        let pgid = Pid::from_child(&child);
-        // pidfds make exits pollable; without them (old kernels, some
-        // sandboxes) exits are checked on a short tick.
-        let pidfd = rustix::process::pidfd_open(pgid, rustix::process::PidfdFlags::empty()).ok();
-        let proc = Proc {
+        self.send(Msg::Start(Box::new(Pending {
             run,
+            spec,
+            script,
             out,
-            pgid,
-            pidfd,
-            lifeline: child.stdin.take(),
-            stdout: child.stdout.take().map(Pipe::new),
-            stderr: child.stderr.take().map(Pipe::new),
-            child,
-            deadline: (spec.timeout_secs > 0)
-                .then(|| Instant::now() + Duration::from_secs(spec.timeout_secs)),
-            timeout_secs: spec.timeout_secs,
-            ending: None,
-            kill_at: None,
-            exited: None,
-            _script: script,
-        };
-        self.send(Msg::Start(Box::new(proc)));
+        })));
         Ok(())
     }
 
@@ -369,6 +372,14 @@ struct EventLoop {
     driver: Arc<Driver>,
     wake_rx: UnixStream,
     procs: Vec<Proc>,
+    reaper: Reaper,
+}
+
+/// What `poll` found.
+struct Ready {
+    woken: bool,
+    reaper_lost: bool,
+    fds: Vec<(usize, Which)>,
 }
 
 impl EventLoop {
@@ -379,7 +390,7 @@ impl EventLoop {
             let msgs = std::mem::take(&mut *lock(&self.driver.queue));
             for msg in msgs {
                 match msg {
-                    Msg::Start(p) => self.procs.push(*p),
+                    Msg::Start(p) => self.start(*p),
                     Msg::Cancel(run) => {
                         if let Some(p) = self.procs.iter_mut().find(|p| p.run == run) {
                             p.start_kill(Ending::Cancelled, grace);
@@ -387,33 +398,44 @@ impl EventLoop {
                     }
                 }
             }
+            // New groups reach the reaper before anything else is waited for.
+            self.flush_reaper();
 
             let now = Instant::now();
             let next = self.procs.iter().filter_map(Proc::next_timer).min();
             let timeout = next.map(|t| t.saturating_duration_since(now));
             let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
 
-            let (woken, ready) = self.wait(timeout.as_ref());
-            if woken {
+            let ready = self.wait(timeout.as_ref());
+            if ready.woken {
                 let mut sink = [0u8; 256];
                 while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
             }
-            for (i, which) in ready {
+            if ready.reaper_lost {
+                self.reaper.lost();
+            }
+            for (i, which) in ready.fds {
                 match which {
-                    Which::PidFd => self.procs[i].check_exit(),
+                    Which::PidFd => self.procs[i].check_exit(&mut self.reaper),
                     other => self.procs[i].read(other, &mut buf),
                 }
             }
 
             let now = Instant::now();
+            for p in &mut self.procs {
+                p.on_timer(now, grace, &mut self.reaper);
+                if p.running() && p.stdout.is_none() && p.stderr.is_none() {
+                    // Both pipes closed: the leader is exiting.
+                    p.check_exit(&mut self.reaper);
+                }
+            }
+            // Ended groups leave the reaper's list before their leaders are
+            // reaped and their pgids become free.
+            self.flush_reaper();
             let mut i = 0;
             while i < self.procs.len() {
                 let p = &mut self.procs[i];
-                p.on_timer(now, grace);
-                if p.exited.is_none() && p.stdout.is_none() && p.stderr.is_none() {
-                    // Both pipes closed: the watchdog is exiting.
-                    p.check_exit();
-                }
+                p.reap();
                 if p.finished(now) {
                     self.procs.swap_remove(i).report();
                 } else {
@@ -423,12 +445,62 @@ impl EventLoop {
         }
     }
 
-    /// Polls the wake socket, the pipes and the pidfds; returns whether the
-    /// wake socket fired and which (process, fd) pairs are ready.
-    fn wait(&self, timeout: Option<&Timespec>) -> (bool, Vec<(usize, Which)>) {
-        let mut fds = Vec::with_capacity(1 + self.procs.len() * 3);
+    /// Spawns a step (on this thread: see `spawn`) and lists its group.
+    fn start(&mut self, p: Pending) {
+        let mut child = match spawn(&p.spec) {
+            Ok(child) => child,
+            Err(not) => {
+                if let Some(line) = not.stderr {
+                    p.out.line(Stream::Stderr, line.as_bytes());
+                }
+                p.out.done(not.result);
+                return;
+            }
+        };
+        let pgid = Pid::from_child(&child);
+        // pidfds make exits pollable; without them (old kernels, some
+        // sandboxes) exits are checked on a short tick.
+        let pidfd = rustix::process::pidfd_open(pgid, rustix::process::PidfdFlags::empty()).ok();
+        self.reaper.added(pgid, p.script.path());
+        self.procs.push(Proc {
+            run: p.run,
+            out: p.out,
+            pgid,
+            pidfd,
+            stdout: child.stdout.take().map(Pipe::new),
+            stderr: child.stderr.take().map(Pipe::new),
+            child,
+            deadline: (p.spec.timeout_secs > 0)
+                .then(|| Instant::now() + Duration::from_secs(p.spec.timeout_secs)),
+            timeout_secs: p.spec.timeout_secs,
+            ending: None,
+            kill_at: None,
+            life: Life::Running,
+            script: p.script,
+        });
+    }
+
+    fn flush_reaper(&mut self) {
+        let live = self
+            .procs
+            .iter()
+            .filter(|p| p.running())
+            .map(|p| (p.pgid, p.script.path()));
+        self.reaper.flush(live);
+    }
+
+    /// Polls the wake socket, the reaper's pipe, the step pipes and the
+    /// pidfds.
+    fn wait(&self, timeout: Option<&Timespec>) -> Ready {
+        let mut fds = Vec::with_capacity(2 + self.procs.len() * 3);
         let mut index = Vec::with_capacity(self.procs.len() * 3);
         fds.push(PollFd::new(&self.wake_rx, PollFlags::IN));
+        // No events asked: POLLERR alone says the reaper is gone.
+        let reaper_fd = self.reaper.fd();
+        if let Some(fd) = &reaper_fd {
+            fds.push(PollFd::new(fd, PollFlags::empty()));
+        }
+        let first = fds.len();
         for (i, p) in self.procs.iter().enumerate() {
             if let Some(pipe) = &p.stdout {
                 fds.push(PollFd::new(&pipe.src, PollFlags::IN));
@@ -445,15 +517,46 @@ impl EventLoop {
         }
         if rustix::event::poll(&mut fds, timeout).is_err() {
             // EINTR or a transient failure: the loop simply goes round again.
-            return (false, Vec::new());
+            return Ready {
+                woken: false,
+                reaper_lost: false,
+                fds: Vec::new(),
+            };
         }
         let woken = !fds[0].revents().is_empty();
-        let ready = fds[1..]
+        let reaper_lost = first == 2 && !fds[1].revents().is_empty();
+        let ready = fds[first..]
             .iter()
             .zip(index)
             .filter(|(fd, _)| !fd.revents().is_empty())
             .map(|(_, which)| which)
             .collect();
-        (woken, ready)
+        Ready {
+            woken,
+            reaper_lost,
+            fds: ready,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        let signalled = |sig: i32| ExitStatus::from_raw(sig);
+        assert_eq!(outcome(None, Some(exited(3))), StepResult::exited(3));
+        assert_eq!(outcome(None, Some(signalled(9))), StepResult::exited(137));
+        assert_eq!(
+            outcome(Some(Ending::Timeout(5)), Some(exited(0))),
+            StepResult::failed("timeout after 5 s")
+        );
+        assert_eq!(
+            outcome(Some(Ending::Cancelled), Some(signalled(15))),
+            StepResult::failed("cancelled")
+        );
+        assert!(outcome(None, None).error.is_some());
     }
 }

@@ -7,12 +7,14 @@
 //!   `env`. The working directory is `workdir` from the configuration,
 //!   default the system temporary directory (`$TMPDIR` or `/tmp`) — never
 //!   the data directory, where a careless `rm` would hit the store.
-//! * Each run is its own process group, led by a watchdog (see
-//!   `jobx_step::WATCHDOG`). Timeout and cancel send SIGTERM to the group, then
-//!   SIGKILL after `kill_grace_secs`. When the step exits, whatever it left
-//!   running in its group is killed too: a step leaves nothing behind (hand
-//!   long-lived services to the service manager). If the daemon dies, even
-//!   by SIGKILL, the watchdog kills the group.
+//! * The interpreter is exec'd directly (argv, no shell in between) as the
+//!   leader of its own process group, stdin `/dev/null`. Timeout and cancel
+//!   send SIGTERM to the group, then SIGKILL after `kill_grace_secs`. When
+//!   the leader exits, whatever it left running in its group is killed too:
+//!   a step leaves nothing behind (hand long-lived services to the service
+//!   manager). If the daemon dies, even by SIGKILL, the instance's one
+//!   reaper process kills every live group and removes their script files;
+//!   each leader also has `PR_SET_PDEATHSIG` (see `spawn`, `reaper`).
 //! * Output is streamed line by line; lines longer than 32 KiB are split.
 //! * `scp` steps copy locally; see the `scp` module for the exact semantics.
 //!
@@ -21,10 +23,13 @@
 //! Configuration (`[plugins.local]`, all optional): `workdir` (path),
 //! `kill_grace_secs` (default 3), `copy_workers` (default 2).
 
-#![forbid(unsafe_code)]
+// The one unsafe block is the `pre_exec` of `spawn` (PR_SET_PDEATHSIG).
+#![deny(unsafe_code)]
 
 mod driver;
+mod reaper;
 mod scp;
+mod spawn;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,12 +38,13 @@ use std::time::Duration;
 use jobx_plugin_api::{export_plugin, Executor, Reporter, RunId, StepKind, StepRequest};
 use serde::Deserialize;
 
-// The step contract (watchdog, script file, interpreters) is jobx-step's,
-// shared with `jobx-agent`, which runs steps on its own host the same way.
+// The step contract (script file, interpreters) is jobx-step's, shared
+// with `jobx-agent`, which runs steps on its own host the same way.
 use jobx_step::{resolve_interpreter, ScriptFile};
 
-use crate::driver::{Driver, Spec};
+use crate::driver::Driver;
 use crate::scp::{Copier, CopyJob};
+use crate::spawn::Spec;
 
 #[derive(Deserialize, Debug)]
 #[serde(default, deny_unknown_fields)]
@@ -78,7 +84,8 @@ impl Executor for Local {
                 workdir.display()
             ));
         }
-        let driver = Driver::spawn(Duration::from_secs(config.kill_grace_secs))
+        let script_dir = std::env::temp_dir();
+        let driver = Driver::spawn(Duration::from_secs(config.kill_grace_secs), &script_dir)
             .map_err(|e| format!("cannot start the local executor: {e}"))?;
         let copier = Copier::spawn(config.copy_workers)
             .map_err(|e| format!("cannot start the local copy workers: {e}"))?;
@@ -86,7 +93,7 @@ impl Executor for Local {
             driver,
             copier,
             workdir,
-            script_dir: std::env::temp_dir(),
+            script_dir,
         })
     }
 

@@ -1,0 +1,321 @@
+//! The reaper: one small `sh` per executor instance that kills every live
+//! step's process group when the daemon goes away, even by SIGKILL.
+//!
+//! Its stdin is a pipe whose only writer is the daemon: the write end is
+//! close-on-exec, so no step ever holds it. The event loop keeps it told
+//! which groups are live:
+//!
+//! * `+ <pgid> <script file name>` once a step was spawned;
+//! * `- <pgid>` once the step's leader has exited and its group was killed,
+//!   written *before* the leader is reaped. Until then the zombie leader
+//!   keeps the pgid reserved, so a pgid the reaper lists can never belong to
+//!   an unrelated, newer group.
+//!
+//! When the daemon dies the kernel closes the writer; the reaper reads what
+//! is left, then EOF, SIGKILLs every group still listed and removes their
+//! script files (nobody else will). It ignores HUP, INT and TERM, so a
+//! signal to the daemon's process group or a service stop never takes it
+//! before the daemon itself is gone.
+//!
+//! One process per instance, not per step: starting a step costs the
+//! reaper one short line, read once per event-loop round.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::Pid;
+
+/// The reaper, run as `sh -c REAPER jobx-local-reaper <script dir>`. A fixed
+/// text: it only ever reads pgids (digits) and script file names (checked
+/// against a small character set) from its pipe, never code.
+pub const REAPER: &str = r#"d=$1
+trap '' HUP INT TERM
+live=' '
+while read -r op g n; do
+  case $g in ''|*[!0-9]*) continue ;; esac
+  case $n in *[!A-Za-z0-9._-]*) n= ;; esac
+  case $op in
+    +) live="$live$g:$n " ;;
+    -) case $live in
+         *" $g:"*) rest=${live#*" $g:"}; live="${live%%" $g:"*} ${rest#* }" ;;
+       esac ;;
+  esac
+done
+for e in $live; do
+  kill -s KILL -- "-${e%%:*}" 2>/dev/null
+  n=${e#*:}
+  [ -z "$n" ] || rm -f -- "$d/$n"
+done
+"#;
+
+/// How long after a failed start the reaper is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The file name the reaper may remove: the name itself when it is made of
+/// the characters `ScriptFile` uses, else nothing (the group is still killed).
+fn reaper_name(script: &Path) -> &[u8] {
+    let name = script.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    let safe = name
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if safe && !name.is_empty() {
+        name
+    } else {
+        b""
+    }
+}
+
+/// Appends the line that lists a live group.
+fn push_added(buf: &mut Vec<u8>, pgid: Pid, script: &Path) {
+    buf.extend_from_slice(format!("+ {} ", pgid.as_raw_nonzero()).as_bytes());
+    buf.extend_from_slice(reaper_name(script));
+    buf.push(b'\n');
+}
+
+/// Appends the line that unlists a group.
+fn push_removed(buf: &mut Vec<u8>, pgid: Pid) {
+    buf.extend_from_slice(format!("- {}\n", pgid.as_raw_nonzero()).as_bytes());
+}
+
+/// The reaper process and what is still to be told to it.
+pub struct Reaper {
+    dir: PathBuf,
+    proc: Option<(Child, ChildStdin)>,
+    /// Lines not yet written.
+    buf: Vec<u8>,
+    /// Set when the pipe failed: the next flush starts a new reaper and
+    /// tells it the whole live set.
+    broken: bool,
+    retry_at: Option<Instant>,
+}
+
+impl Reaper {
+    /// Starts the reaper for script files in `dir`.
+    pub fn spawn(dir: &Path) -> io::Result<Reaper> {
+        Ok(Reaper {
+            dir: dir.to_path_buf(),
+            proc: Some(start(dir)?),
+            buf: Vec::new(),
+            broken: false,
+            retry_at: None,
+        })
+    }
+
+    /// A group to kill should the daemon die.
+    pub fn added(&mut self, pgid: Pid, script: &Path) {
+        push_added(&mut self.buf, pgid, script);
+    }
+
+    /// A group that ended; call before its leader is reaped, and flush.
+    pub fn removed(&mut self, pgid: Pid) {
+        push_removed(&mut self.buf, pgid);
+    }
+
+    /// The pipe's write end, to poll for the reaper's death (POLLERR).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.proc.as_ref().map(|(_, tx)| tx.as_fd())
+    }
+
+    /// The poll reported an error on the pipe: the reaper is gone.
+    pub fn lost(&mut self) {
+        self.broken = true;
+    }
+
+    /// Writes what is queued. Should the reaper be gone or stuck (its pipe
+    /// full), a new one is started and told every group in `live` (the
+    /// groups spawned and not yet reaped), which makes the queue redundant.
+    pub fn flush<'a>(&mut self, live: impl Iterator<Item = (Pid, &'a Path)>) {
+        if !self.broken && self.proc.is_some() {
+            if self.buf.is_empty() {
+                return;
+            }
+            if let Some((_, tx)) = self.proc.as_mut() {
+                if write_nonblocking(tx, &self.buf) {
+                    self.buf.clear();
+                    return;
+                }
+            }
+        }
+        self.restart(live);
+    }
+
+    fn restart<'a>(&mut self, live: impl Iterator<Item = (Pid, &'a Path)>) {
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        if let Some((mut child, tx)) = self.proc.take() {
+            // SIGKILL: its EOF code must not run, the groups still live.
+            drop(tx);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.buf.clear();
+        let mut all = Vec::new();
+        for (pgid, script) in live {
+            push_added(&mut all, pgid, script);
+        }
+        match start(&self.dir) {
+            Ok((child, mut tx)) => {
+                if write_nonblocking(&mut tx, &all) {
+                    self.proc = Some((child, tx));
+                    self.broken = false;
+                    self.retry_at = None;
+                } else {
+                    let mut child = child;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.retry_at = Some(now + RETRY);
+                }
+            }
+            Err(_) => self.retry_at = Some(now + RETRY),
+        }
+    }
+}
+
+/// Writes all of `data` or reports failure (the pipe is closed, or full
+/// because the reaper does not read).
+fn write_nonblocking(tx: &mut ChildStdin, data: &[u8]) -> bool {
+    let mut off = 0;
+    while off < data.len() {
+        match tx.write(&data[off..]) {
+            Ok(0) => return false,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn start(dir: &Path) -> io::Result<(Child, ChildStdin)> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(REAPER)
+        .arg("jobx-local-reaper")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own group: a Ctrl-C to the daemon's terminal does not reach it.
+        .process_group(0)
+        .spawn()?;
+    let Some(tx) = child.stdin.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(io::Error::other("the reaper has no stdin pipe"));
+    };
+    rustix::io::ioctl_fionbio(&tx, true)?;
+    Ok((child, tx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lines() {
+        let pgid = Pid::from_raw(4321).unwrap();
+        let mut buf = Vec::new();
+        push_added(&mut buf, pgid, Path::new("/tmp/jobx-s1-1-2-ab.script"));
+        push_added(&mut buf, pgid, Path::new("/tmp/we ird;name"));
+        push_removed(&mut buf, pgid);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "+ 4321 jobx-s1-1-2-ab.script\n+ 4321 \n- 4321\n"
+        );
+    }
+
+    fn gone(pid: u32) -> bool {
+        // A zombie (state Z) counts as gone: it was killed.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z')),
+            Err(_) => true,
+        }
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn group() -> Child {
+        Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep")
+    }
+
+    /// The reaper itself: listed groups die and their files go at EOF;
+    /// unlisted ones, and other files, are left alone.
+    #[test]
+    fn at_eof_listed_groups_die_and_unlisted_stay() {
+        let dir = std::env::temp_dir().join(format!("jobx-reaper-test-{}", jobx_step::unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (listed, ended) = (dir.join("jobx-a.script"), dir.join("jobx-b.script"));
+        std::fs::write(&listed, "x").unwrap();
+        std::fs::write(&ended, "x").unwrap();
+        let mut a = group();
+        let mut b = group();
+        let pa = Pid::from_raw(a.id() as i32).unwrap();
+        let pb = Pid::from_raw(b.id() as i32).unwrap();
+
+        let mut reaper = Reaper::spawn(&dir).unwrap();
+        reaper.added(pa, &listed);
+        reaper.added(pb, &ended);
+        reaper.removed(pb);
+        reaper.flush(std::iter::empty());
+        assert!(!reaper.broken);
+        let (mut child, tx) = reaper.proc.take().unwrap();
+        drop(tx);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+
+        wait_until("listed group killed", || gone(a.id()));
+        assert!(!gone(b.id()), "an unlisted group was killed");
+        assert!(!listed.exists() && ended.exists());
+        let _ = b.kill();
+        let _ = b.wait();
+        let _ = a.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A reaper that died is replaced, and the new one knows the live set.
+    #[test]
+    fn a_lost_reaper_is_replaced_with_the_live_set() {
+        let dir = std::env::temp_dir();
+        let mut a = group();
+        let pa = Pid::from_raw(a.id() as i32).unwrap();
+        let script = PathBuf::from("/nonexistent/jobx-x.script");
+        let mut reaper = Reaper::spawn(&dir).unwrap();
+        let first = reaper.proc.as_ref().unwrap().0.id();
+        rustix::process::kill_process(
+            Pid::from_raw(first as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        wait_until("first reaper dead", || gone(first));
+        reaper.added(pa, &script);
+        // Writing to the dead reaper's pipe fails: a new one is started.
+        reaper.flush([(pa, script.as_path())].into_iter());
+        let (mut child, tx) = reaper.proc.take().expect("a new reaper");
+        assert_ne!(child.id(), first);
+        drop(tx);
+        let _ = child.wait();
+        wait_until("group killed by the new reaper", || gone(a.id()));
+        let _ = a.wait();
+    }
+}
