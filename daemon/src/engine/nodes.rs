@@ -23,6 +23,8 @@ const HOST_GRACE: Duration = Duration::from_secs(30);
 struct NodeSink {
     logs: crate::logs::LogWriter,
     keys: Keys,
+    /// `keys` resolved for output lines.
+    out: crate::logs::KeyedLog,
     node: Arc<str>,
     cap: u64,
     written: AtomicU64,
@@ -51,7 +53,7 @@ impl RunSink for NodeSink {
             Stream::Info => LogStream::Info,
         };
         // Waits while the log queue is full: the producer slows down.
-        self.logs.append_output(&self.keys, &self.node, s, text);
+        self.logs.append_output(&self.out, &self.node, s, text);
     }
 
     fn done(&self, result: StepResult) {
@@ -257,6 +259,7 @@ async fn run_node(
     let sink = Arc::new(NodeSink {
         logs: e.logs.clone(),
         keys: keys.clone(),
+        out: e.logs.keyed(keys),
         node: Arc::from(node),
         cap: e.max_log_bytes,
         written: AtomicU64::new(0),

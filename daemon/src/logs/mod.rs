@@ -11,7 +11,7 @@ mod writer;
 use std::sync::Arc;
 
 pub use render::{ansi_to_html, html_escape, page};
-pub use writer::LogWriter;
+pub use writer::{KeyedLog, LogWriter};
 
 /// The keys a step's records are written under (cheap to clone: one is
 /// kept with every queued record).

@@ -11,6 +11,7 @@ use super::Keys;
 use crate::store::{LogStream, NewLog, Store};
 use event_listener::Event;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ const QUEUE_MAX: usize = 8 << 20;
 const RECORD_OVERHEAD: usize = 96;
 
 struct Pending {
-    keys: Keys,
+    keys: Arc<Keys>,
     /// The record's seq under keys.task, keys.subtask, keys.step (0: unused).
     seqs: [u64; 3],
     time: i64,
@@ -31,12 +32,23 @@ struct Pending {
     text: Box<str>,
 }
 
+/// The next seq of one key. Only changed under the queue's lock (which
+/// orders the records); atomic so that handles can share it.
+type Counter = Arc<AtomicU64>;
+
+/// Keys with their seq counters resolved: a run's output handle, so that
+/// a line costs no lookup.
+pub struct KeyedLog {
+    keys: Arc<Keys>,
+    counters: [Option<Counter>; 3],
+}
+
 #[derive(Default)]
 struct Queue {
     pending: Vec<Pending>,
     bytes: usize,
-    /// Next seq per key; loaded from the store on first use.
-    seqs: HashMap<Arc<str>, u64>,
+    /// Counter per key in use; loaded from the store on first use.
+    seqs: HashMap<Arc<str>, Counter>,
     /// Keys in use per task, forgotten when the task ends.
     task_keys: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// A batch has been taken and is being committed.
@@ -91,12 +103,55 @@ impl LogWriter {
         Ok(LogWriter { inner })
     }
 
+    /// Resolves the seq counters of `keys`; a key used for the first time
+    /// since start continues after what the store holds.
+    pub fn keyed(&self, keys: &Keys) -> KeyedLog {
+        let missing: Vec<Arc<str>> = {
+            let q = lock(&self.inner.queue);
+            keys.all_arcs()
+                .filter(|k| !q.seqs.contains_key(k.as_ref()))
+                .cloned()
+                .collect()
+        };
+        // The store is read without the lock, so other writers go on.
+        let loaded: Vec<(Arc<str>, u64)> = missing
+            .into_iter()
+            .map(|k| {
+                let next = self.inner.store.last_log_seq(&k).unwrap_or(0) + 1;
+                (k, next)
+            })
+            .collect();
+        let mut q = lock(&self.inner.queue);
+        for (k, next) in loaded {
+            if !q.seqs.contains_key(k.as_ref()) {
+                q.seqs.insert(k.clone(), Arc::new(AtomicU64::new(next)));
+                q.task_keys.entry(keys.task.clone()).or_default().push(k);
+            }
+        }
+        let counter = |k: &Arc<str>| {
+            if k.is_empty() {
+                None
+            } else {
+                q.seqs.get(k.as_ref()).cloned()
+            }
+        };
+        KeyedLog {
+            counters: [
+                counter(&keys.task),
+                counter(&keys.subtask),
+                counter(&keys.step),
+            ],
+            keys: Arc::new(keys.clone()),
+        }
+    }
+
     /// Queues one event record (written by jobx) under every key in `keys`.
     pub fn append(&self, keys: &Keys, node: &str, stream: &str, text: &str) {
+        let k = self.keyed(keys);
         let q = lock(&self.inner.queue);
         self.push(
             q,
-            keys,
+            &k,
             Arc::from(node),
             LogStream::parse(stream),
             text.into(),
@@ -105,61 +160,34 @@ impl LogWriter {
 
     /// Queues one line of step output, waiting first while the queue is
     /// full (back-pressure on the producer).
-    pub fn append_output(&self, keys: &Keys, node: &Arc<str>, stream: LogStream, text: &[u8]) {
+    pub fn append_output(&self, k: &KeyedLog, node: &Arc<str>, stream: LogStream, text: &[u8]) {
+        let text: Box<str> = String::from_utf8_lossy(text).into();
         let mut q = lock(&self.inner.queue);
         while q.bytes >= QUEUE_MAX && !q.stop {
             self.inner.wake.notify_one();
             q = wait(&self.inner.drained, q, Duration::from_millis(100));
         }
-        let text: Box<str> = String::from_utf8_lossy(text).into();
-        self.push(q, keys, node.clone(), stream, text);
+        self.push(q, k, node.clone(), stream, text);
     }
 
-    fn push<'a>(
-        &'a self,
-        mut q: MutexGuard<'a, Queue>,
-        keys: &Keys,
+    fn push(
+        &self,
+        mut q: MutexGuard<'_, Queue>,
+        k: &KeyedLog,
         node: Arc<str>,
         stream: LogStream,
         text: Box<str>,
     ) {
-        let missing: Vec<Arc<str>> = keys
-            .all_arcs()
-            .filter(|k| !q.seqs.contains_key(k.as_ref()))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            // First use of a key since start: continue after what is stored.
-            // The store is read without the lock, so other writers go on.
-            drop(q);
-            let loaded: Vec<(Arc<str>, u64)> = missing
-                .into_iter()
-                .map(|k| {
-                    let next = self.inner.store.last_log_seq(&k).unwrap_or(0) + 1;
-                    (k, next)
-                })
-                .collect();
-            q = lock(&self.inner.queue);
-            for (k, next) in loaded {
-                if !q.seqs.contains_key(k.as_ref()) {
-                    q.seqs.insert(k.clone(), next);
-                    q.task_keys.entry(keys.task.clone()).or_default().push(k);
-                }
-            }
-        }
         let mut seqs = [0u64; 3];
-        for (i, key) in keys.slots().into_iter().enumerate() {
-            if key.is_empty() {
-                continue;
-            }
-            if let Some(n) = q.seqs.get_mut(key.as_ref()) {
-                seqs[i] = *n;
-                *n += 1;
+        for (seq, c) in seqs.iter_mut().zip(&k.counters) {
+            if let Some(c) = c {
+                // Ordered by the queue's lock.
+                *seq = c.fetch_add(1, Ordering::Relaxed);
             }
         }
         q.bytes += text.len() + node.len() + RECORD_OVERHEAD;
         q.pending.push(Pending {
-            keys: keys.clone(),
+            keys: k.keys.clone(),
             seqs,
             time: crate::clock::now_ms(),
             stream,
@@ -180,7 +208,8 @@ impl LogWriter {
         }
     }
 
-    /// Drops the in-memory sequence counters of a finished task.
+    /// Drops the in-memory sequence counters of a finished task (whose
+    /// runs, and so their `KeyedLog`s, have ended).
     pub fn forget_task(&self, task: &str) {
         self.flush();
         let mut q = lock(&self.inner.queue);

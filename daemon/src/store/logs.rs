@@ -56,17 +56,33 @@ enum Run<'a> {
 
 /// Cuts a commit's records into runs per key (pure).
 fn plan<'a>(lines: &[NewLog<'a>]) -> Vec<(&'a str, Vec<Run<'a>>)> {
-    let mut order: Vec<&'a str> = Vec::new();
-    let mut runs: HashMap<&'a str, Vec<Run<'a>>> = HashMap::new();
+    let mut keys: Vec<(&'a str, Vec<Run<'a>>)> = Vec::new();
+    let mut index: HashMap<&'a str, usize> = HashMap::new();
+    // Consecutive records mostly share their keys (one run's output): the
+    // same string, so a pointer check saves hashing it per record.
+    let mut recent: [(*const u8, usize); 3] = [(std::ptr::null(), 0); 3];
     for l in lines {
         let Some(&(home, home_seq)) = l.at.first() else {
             continue;
         };
         for (i, &(key, seq)) in l.at.iter().enumerate() {
-            let list = runs.entry(key).or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            });
+            let hit = recent
+                .get(i)
+                .filter(|r| r.0 == key.as_ptr() && keys[r.1].0.len() == key.len());
+            let slot = match hit {
+                Some(r) => r.1,
+                None => {
+                    let n = *index.entry(key).or_insert_with(|| {
+                        keys.push((key, Vec::new()));
+                        keys.len() - 1
+                    });
+                    if let Some(r) = recent.get_mut(i) {
+                        *r = (key.as_ptr(), n);
+                    }
+                    n
+                }
+            };
+            let list = &mut keys[slot].1;
             if i == 0 {
                 push_data(list, seq, l);
             } else {
@@ -74,10 +90,7 @@ fn plan<'a>(lines: &[NewLog<'a>]) -> Vec<(&'a str, Vec<Run<'a>>)> {
             }
         }
     }
-    order
-        .into_iter()
-        .map(|k| (k, runs.remove(k).unwrap_or_default()))
-        .collect()
+    keys
 }
 
 fn push_data(list: &mut Vec<Run<'_>>, seq: u64, l: &NewLog<'_>) {
