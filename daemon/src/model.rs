@@ -229,33 +229,61 @@ impl Task {
     }
 
     /// The task as the API shows it; `waiting` is derived by the engine.
+    /// The same bytes as its list row (`TaskBrief::write_row`).
     pub fn to_api(&self, waiting: Option<&Waiting>) -> serde_json::Value {
-        self.brief().to_api(waiting)
+        let mut row = Vec::new();
+        self.brief()
+            .write_row(waiting, crate::clock::now_ms(), &mut row);
+        serde_json::from_slice(&row).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The task's list row: everything but the job, node and variable snapshots.
+    /// The task's list row (see `TaskBrief`).
     pub fn brief(&self) -> TaskBrief {
+        let partner = partner_of(self.action, self.decision, &self.uuid);
+        let (rollback_uuid, deploy_uuid) = if self.action == Action::Rollback {
+            (None, partner)
+        } else {
+            (partner, None)
+        };
+        let fixed = RowFixed {
+            action: self.action,
+            batches: self.batches,
+            calltype: &self.calltype,
+            decision: self.decision,
+            deploy_uuid,
+            group: &self.group,
+            id: self.id,
+            name: &self.name,
+            policy: PolicyApi(&self.policy),
+            projectid: self.projectid,
+            reason: &self.reason,
+            rollback_uuid,
+            slave: &self.slave,
+            status: self.status,
+            stopped_by: self.stopped_by.as_deref(),
+            user: &self.user,
+            uuid: &self.uuid,
+            variable: crate::vars::yaml_text(&self.variable),
+            variables: &self.variable,
+        };
+        let mut members = serde_json::to_string(&fixed).unwrap_or_else(|_| "{}".into());
+        // `{…}` → `…`: the members go inside the row's braces.
+        members.pop();
+        members.remove(0);
         TaskBrief {
             id: self.id,
             projectid: self.projectid,
-            uuid: self.uuid.clone(),
-            name: self.name.clone(),
-            group: self.group.clone(),
-            user: self.user.clone(),
-            slave: self.slave.clone(),
-            status: self.status,
             created_ms: self.created_ms,
             start_ms: self.start_ms,
             finish_ms: self.finish_ms,
-            calltype: self.calltype.clone(),
-            reason: self.reason.clone(),
-            variable_text: crate::vars::yaml_text(&self.variable),
-            variable: self.variable.clone(),
-            batches: self.batches,
-            action: self.action,
-            stopped_by: self.stopped_by.clone(),
+            status: self.status,
             decision: self.decision,
-            policy: self.policy.clone(),
+            action: self.action,
+            stopped: self.stopped_by.is_some(),
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            user: self.user.clone(),
+            members,
         }
     }
 }
@@ -277,31 +305,28 @@ fn partner_of(action: Action, decision: Decision, uuid: &str) -> Option<String> 
 
 /// A task's list row, stored beside the task (`task_briefs`) and written in
 /// the same transaction whenever the task changes, so that listing never
-/// decodes the job and node snapshots. It also answers what statistics ask
-/// (its JSON has the fields of `TaskSummary`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// decodes the job and node snapshots: the fields that filters, statistics
+/// and `waiting` look at, and `members`, the row's members that change only
+/// with the task, rendered once as JSON text when the task is written. A
+/// list row is `members` plus the members that depend on the time of the
+/// answer (local times, runtime, `waiting`), copied out without decoding.
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskBrief {
     pub id: u64,
     pub projectid: u64,
-    pub uuid: String,
-    pub name: String,
-    pub group: String,
-    pub user: String,
-    pub slave: String,
-    pub status: TaskStatus,
     pub created_ms: i64,
     pub start_ms: Option<i64>,
     pub finish_ms: Option<i64>,
-    pub calltype: String,
-    pub reason: String,
-    /// `variable` as the YAML text the API shows, rendered once at write.
-    pub variable_text: String,
-    pub variable: serde_json::Value,
-    pub batches: u32,
-    pub action: Action,
-    pub stopped_by: Option<String>,
+    pub status: TaskStatus,
     pub decision: Decision,
-    pub policy: crate::policy::Policy,
+    pub action: Action,
+    /// A stop was asked for.
+    pub stopped: bool,
+    pub uuid: String,
+    pub name: String,
+    pub user: String,
+    /// `"action":…,"batches":…,…`: JSON object members without the braces.
+    pub members: String,
 }
 
 impl TaskBrief {
@@ -310,100 +335,120 @@ impl TaskBrief {
     }
 
     pub fn runtime(&self) -> Option<String> {
-        let start = self.start_ms?;
-        let end = self.finish_ms.unwrap_or_else(crate::clock::now_ms);
-        Some(format!("{:.3}", (end - start).max(0) as f64 / 1000.0))
+        runtime(self.start_ms, self.finish_ms, crate::clock::now_ms())
     }
 
-    /// See `Task::partner`.
-    pub fn partner(&self) -> Option<String> {
-        partner_of(self.action, self.decision, &self.uuid)
+    /// Whether what the task waits for can be told without its row: a
+    /// finished task without a pending rollback decision waits for nothing.
+    pub fn waits_for_nothing(&self) -> bool {
+        self.is_finished() && self.decision != Decision::Pending
     }
 
-    /// The row as the API shows it, ready to serialize (no JSON tree).
-    pub fn api<'a>(&'a self, waiting: Option<&'a Waiting>) -> TaskApi<'a> {
-        let partner = self.partner();
-        let (rollback_uuid, deploy_uuid) = if self.action == Action::Rollback {
-            (None, partner)
-        } else {
-            (partner, None)
-        };
-        TaskApi {
-            action: self.action,
-            batches: self.batches,
-            calltype: &self.calltype,
-            decision: self.decision,
-            deploy_uuid,
-            finishtime: self.finish_ms.map(crate::clock::local),
-            finishtimems: self.finish_ms.map(|m| m as f64 / 1000.0),
-            group: &self.group,
-            id: self.id,
-            name: &self.name,
-            policy: PolicyApi(&self.policy),
-            projectid: self.projectid,
-            reason: &self.reason,
-            rollback_uuid,
-            runtime: self.runtime(),
-            slave: &self.slave,
-            starttime: self.start_ms.map(crate::clock::local),
-            starttimems: self.start_ms.map(|m| m as f64 / 1000.0),
-            status: self.status,
-            stopped_by: self.stopped_by.as_deref(),
-            user: &self.user,
-            uuid: &self.uuid,
-            variable: &self.variable_text,
-            variables: &self.variable,
-            waiting: waiting.map(|w| w.kind.as_str()),
-            waiting_on: waiting.and_then(|w| w.on.as_deref()),
+    /// Appends the task's API row (a JSON object) to `out`.
+    pub fn write_row(&self, waiting: Option<&Waiting>, now: i64, out: &mut Vec<u8>) {
+        use std::io::Write;
+        out.push(b'{');
+        out.extend_from_slice(self.members.as_bytes());
+        out.extend_from_slice(b",\"finishtime\":");
+        local_time(self.finish_ms, out);
+        out.extend_from_slice(b",\"finishtimems\":");
+        seconds(self.finish_ms, out);
+        out.extend_from_slice(b",\"runtime\":");
+        match runtime(self.start_ms, self.finish_ms, now) {
+            // Digits and a dot: nothing to escape.
+            Some(r) => {
+                let _ = write!(out, "\"{r}\"");
+            }
+            None => out.extend_from_slice(b"null"),
         }
+        out.extend_from_slice(b",\"starttime\":");
+        local_time(self.start_ms, out);
+        out.extend_from_slice(b",\"starttimems\":");
+        seconds(self.start_ms, out);
+        out.extend_from_slice(b",\"waiting\":");
+        match waiting {
+            Some(w) => {
+                let _ = serde_json::to_writer(&mut *out, w.kind.as_str());
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"waiting_on\":");
+        match waiting.and_then(|w| w.on.as_deref()) {
+            Some(on) => {
+                let _ = serde_json::to_writer(&mut *out, on);
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
     }
+}
 
-    pub fn to_api(&self, waiting: Option<&Waiting>) -> serde_json::Value {
-        serde_json::to_value(self.api(waiting)).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// A task with this row's fields and no snapshots: enough for the rules
-    /// that decide what a task waits for (`plan::waiting`, rollback checks).
-    pub fn to_task(&self) -> Task {
-        Task {
-            id: self.id,
-            projectid: self.projectid,
-            uuid: self.uuid.clone(),
-            name: self.name.clone(),
-            group: self.group.clone(),
-            user: self.user.clone(),
-            slave: self.slave.clone(),
-            status: self.status,
-            created_ms: self.created_ms,
-            start_ms: self.start_ms,
-            finish_ms: self.finish_ms,
-            calltype: self.calltype.clone(),
-            reason: self.reason.clone(),
-            variable: self.variable.clone(),
-            vars: BTreeMap::new(),
-            steps: Vec::new(),
-            nodes: BTreeMap::new(),
-            batches: self.batches,
-            action: self.action,
-            stopped_by: self.stopped_by.clone(),
-            decision: self.decision,
-            policy: self.policy.clone(),
+impl From<&TaskBrief> for TaskSummary {
+    fn from(b: &TaskBrief) -> TaskSummary {
+        TaskSummary {
+            uuid: b.uuid.clone(),
+            decision: b.decision,
+            status: b.status,
+            created_ms: b.created_ms,
+            start_ms: b.start_ms,
+            finish_ms: b.finish_ms,
         }
     }
 }
 
-/// A task as the API answers it. The fields are in alphabetical order, the
-/// order a `serde_json::Value` object has, so the bytes match the earlier
-/// tree-built answers.
+fn runtime(start: Option<i64>, finish: Option<i64>, now: i64) -> Option<String> {
+    let start = start?;
+    let end = finish.unwrap_or(now);
+    Some(format!("{:.3}", (end - start).max(0) as f64 / 1000.0))
+}
+
+/// `"YYYY-MM-DD HH:MM:SS"` in local time as `clock::local` writes it, or `null`.
+fn local_time(ms: Option<i64>, out: &mut Vec<u8>) {
+    use chrono::{Datelike, TimeZone, Timelike};
+    use std::io::Write;
+    let Some(ms) = ms else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    match chrono::Local.timestamp_millis_opt(ms).single() {
+        // Written digit by digit: `format` would parse its pattern per call.
+        Some(t) if (0..=9999).contains(&t.year()) => {
+            let _ = write!(
+                out,
+                "\"{:04}-{:02}-{:02} {:02}:{:02}:{:02}\"",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+        }
+        _ => {
+            let _ = serde_json::to_writer(&mut *out, &crate::clock::local(ms));
+        }
+    }
+}
+
+/// Epoch seconds as a JSON number (as `serde_json` writes an `f64`), or `null`.
+fn seconds(ms: Option<i64>, out: &mut Vec<u8>) {
+    match ms {
+        Some(m) => {
+            let _ = serde_json::to_writer(&mut *out, &(m as f64 / 1000.0));
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The members of a task row that change only when the task does, in
+/// alphabetical order.
 #[derive(Serialize)]
-pub struct TaskApi<'a> {
+struct RowFixed<'a> {
     action: Action,
     batches: u32,
     calltype: &'a str,
     decision: Decision,
     deploy_uuid: Option<String>,
-    finishtime: Option<String>,
-    finishtimems: Option<f64>,
     group: &'a str,
     id: u64,
     name: &'a str,
@@ -411,21 +456,16 @@ pub struct TaskApi<'a> {
     projectid: u64,
     reason: &'a str,
     rollback_uuid: Option<String>,
-    runtime: Option<String>,
     slave: &'a str,
-    starttime: Option<String>,
-    starttimems: Option<f64>,
     status: TaskStatus,
     stopped_by: Option<&'a str>,
     user: &'a str,
     uuid: &'a str,
-    variable: &'a str,
+    variable: String,
     variables: &'a serde_json::Value,
-    waiting: Option<&'static str>,
-    waiting_on: Option<&'a str>,
 }
 
-/// A policy with its keys in alphabetical order (see `TaskApi`).
+/// A policy with its keys in alphabetical order, as a JSON tree had them.
 struct PolicyApi<'a>(&'a crate::policy::Policy);
 
 impl Serialize for PolicyApi<'_> {
@@ -611,7 +651,7 @@ mod tests {
     /// The task row as `to_api` built it before rows were serialized
     /// straight: a JSON tree (kept here as the reference).
     fn tree_row(t: &Task, waiting: Option<&Waiting>) -> Value {
-        let partner = t.brief().partner();
+        let partner = partner_of(t.action, t.decision, &t.uuid);
         let (rollback_uuid, deploy_uuid) = if t.action == Action::Rollback {
             (None, partner)
         } else {
@@ -684,14 +724,21 @@ mod tests {
         .expect("task")
     }
 
+    /// A list row as a client reads it.
+    fn row(t: &Task, waiting: Option<&Waiting>, now: i64) -> Value {
+        let mut out = Vec::new();
+        t.brief().write_row(waiting, now, &mut out);
+        serde_json::from_slice(&out).expect("a row is JSON")
+    }
+
     #[test]
-    fn task_rows_are_the_bytes_the_tree_gave() {
+    fn task_rows_hold_what_the_tree_held() {
         let mut t = task();
         let waits = [
             None,
             Some(Waiting {
                 kind: WaitKind::Confirm,
-                on: Some("Bcdefghijklm".into()),
+                on: Some("Bcdefghijklm\"".into()),
             }),
             Some(Waiting {
                 kind: WaitKind::RollbackDecision,
@@ -699,9 +746,7 @@ mod tests {
             }),
         ];
         for w in &waits {
-            let b = t.brief();
-            let straight = serde_json::to_string(&b.api(w.as_ref())).expect("row");
-            assert_eq!(straight, tree_row(&t, w.as_ref()).to_string());
+            assert_eq!(row(&t, w.as_ref(), 0), tree_row(&t, w.as_ref()));
             assert_eq!(t.to_api(w.as_ref()), tree_row(&t, w.as_ref()));
         }
         // A rollback that has not started, with no variables and no policy.
@@ -714,27 +759,38 @@ mod tests {
         t.variable = json!({});
         t.policy = Default::default();
         t.stopped_by = Some("bob".into());
-        let straight = serde_json::to_string(&t.brief().api(None)).expect("row");
-        assert_eq!(straight, tree_row(&t, None).to_string());
+        assert_eq!(row(&t, None, 0), tree_row(&t, None));
+        // Running: the runtime counts up to the moment of the answer.
+        t.start_ms = Some(1_700_000_000_000);
+        t.status = TaskStatus::Running;
+        assert_eq!(row(&t, None, 1_700_000_002_500)["runtime"], "2.500");
     }
 
     #[test]
-    fn a_brief_survives_its_stored_form() {
+    fn a_brief_keeps_what_filters_and_statistics_read() {
         let t = task();
         let b = t.brief();
-        let back: TaskBrief = serde_json::from_slice(&serde_json::to_vec(&b).expect("json"))
-            .expect("a stored brief loads");
-        assert_eq!(back, b);
-        // Statistics read briefs as `TaskSummary`.
-        let s: TaskSummary =
-            serde_json::from_slice(&serde_json::to_vec(&b).expect("json")).expect("summary");
+        assert_eq!(
+            (
+                b.id,
+                b.projectid,
+                b.uuid.as_str(),
+                b.name.as_str(),
+                b.user.as_str()
+            ),
+            (7, 3, "Abcdefghijkl", "web \"quoted\"", "alice")
+        );
+        assert_eq!(
+            (b.status, b.decision, b.stopped),
+            (t.status, t.decision, false)
+        );
+        let s = TaskSummary::from(&b);
         assert_eq!(
             (s.uuid.as_str(), s.finish_ms),
             ("Abcdefghijkl", t.finish_ms)
         );
-        // The rules of `waiting` see the same task fields.
-        let light = b.to_task();
-        assert_eq!(light.to_api(None), t.to_api(None));
+        assert_eq!(b.runtime().as_deref(), Some("4.444"));
+        assert!(b.waits_for_nothing());
     }
 
     #[test]

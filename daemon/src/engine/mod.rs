@@ -285,7 +285,12 @@ impl Engine {
     }
 
     /// Stores a planned task (409 if its uuid is taken) and starts its runner.
-    pub fn create(self: &Arc<Self>, who: &Principal, task: Task, subs: Vec<Subtask>) -> Result<Task> {
+    pub fn create(
+        self: &Arc<Self>,
+        who: &Principal,
+        task: Task,
+        subs: Vec<Subtask>,
+    ) -> Result<Task> {
         let task = self.store.grouped(insert(&who.name, task, subs))?;
         self.spawn_runner(task.uuid.clone());
         Ok(task)
@@ -324,15 +329,17 @@ impl Engine {
 
     /// What each listed task waits for, through the one rule
     /// (`waiting_of`). A finished task without a pending rollback decision
-    /// waits for nothing; only the others are looked at further.
+    /// waits for nothing; only the others' rows are read.
     pub fn briefs_waiting(&self, briefs: &[TaskBrief]) -> Result<Vec<Option<Waiting>>> {
         briefs
             .iter()
             .map(|b| {
-                if b.is_finished() && b.decision != Decision::Pending {
-                    Ok(None)
-                } else {
-                    self.waiting_of(&b.to_task())
+                if b.waits_for_nothing() {
+                    return Ok(None);
+                }
+                match self.store.task(&b.uuid)? {
+                    Some(t) => self.waiting_of(&t),
+                    None => Ok(None),
                 }
             })
             .collect()

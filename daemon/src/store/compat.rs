@@ -59,17 +59,13 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<BTreeMap<String, u64>> {
-        #[derive(Deserialize)]
-        struct Status {
-            status: crate::model::TaskStatus,
-        }
         self.read(|tx| {
             let idx = tx.open_table(TASK_TIME)?;
             let briefs = tx.open_table(TASK_BRIEFS)?;
             let mut out = BTreeMap::new();
             for row in idx.range((project, from, 0)..(project, to, 0))? {
                 let (k, _) = row?;
-                if let Some(t) = get_json::<_, Status>(&briefs, (project, k.value().2))? {
+                if let Some(t) = super::tasks::brief_at(&briefs, project, k.value().2)? {
                     *out.entry(t.status.to_string()).or_insert(0) += 1;
                 }
             }

@@ -3,6 +3,7 @@
 //! acknowledges it; an operation-log entry is written in the same
 //! transaction as the change it describes.
 
+mod briefs;
 mod compat;
 mod inventory;
 mod log_codec;

@@ -30,13 +30,10 @@ pub struct ProjectSummary {
     pub jobs: u64,
 }
 
-/// The few task fields the counts need (the job and node snapshots are skipped).
+/// The project of an unfinished task (its row's other fields are skipped).
 #[derive(serde::Deserialize)]
-struct Brief {
+struct Owner {
     projectid: u64,
-    status: crate::model::TaskStatus,
-    #[serde(default)]
-    decision: crate::model::Decision,
 }
 
 /// Counts the rows of a table keyed by (project, …), project by project:
@@ -92,7 +89,7 @@ impl Store {
             for row in tx.open_table(ACTIVE)?.iter()? {
                 let (k, _) = row?;
                 let uuid = k.value();
-                let Some(t) = get_json::<_, Brief>(&tasks, uuid)? else {
+                let Some(t) = get_json::<_, Owner>(&tasks, uuid)? else {
                     continue;
                 };
                 let mut confirming = false;
@@ -120,7 +117,7 @@ impl Store {
                 let from = now_ms.saturating_sub(RECENT_MS);
                 for row in time.range((pid, from, 0)..=(pid, i64::MAX, u64::MAX))? {
                     let (k, _) = row?;
-                    let Some(t) = get_json::<_, Brief>(&briefs, (pid, k.value().2))? else {
+                    let Some(t) = super::tasks::brief_at(&briefs, pid, k.value().2)? else {
                         continue;
                     };
                     let p = out.entry(pid).or_default();

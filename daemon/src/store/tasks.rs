@@ -9,6 +9,7 @@
 //! list row without the job and node snapshots, written in the same
 //! transaction as the task row. Listing and statistics read only briefs.
 
+use super::briefs;
 use super::*;
 use crate::model::{Approval, Subtask, Task, TaskBrief, TaskStatus};
 
@@ -16,7 +17,7 @@ pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tas
 pub(super) const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
 pub(super) const TASK_TIME: TableDefinition<(u64, i64, u64), &str> =
     TableDefinition::new("task_time");
-/// (project, task id) → TaskBrief JSON.
+/// (project, task id) → the task's brief (`briefs.rs`).
 pub(super) const TASK_BRIEFS: TableDefinition<(u64, u64), &[u8]> =
     TableDefinition::new("task_briefs");
 pub(super) const ACTIVE: TableDefinition<&str, ()> = TableDefinition::new("active_tasks");
@@ -90,17 +91,16 @@ impl Tx<'_> {
     }
 
     pub fn put_task(&self, t: &Task) -> Result<()> {
-        #[derive(serde::Deserialize)]
-        struct Status {
-            status: TaskStatus,
-        }
         let mut briefs = self.0.open_table(TASK_BRIEFS)?;
         // The old status from the brief: the task row is not decoded.
-        let old = match get_json::<_, Status>(&briefs, (t.projectid, t.id))? {
+        let known = briefs
+            .get((t.projectid, t.id))?
+            .and_then(|v| briefs::decode(v.value()));
+        let old = match known {
             Some(b) => Some(b.status),
             None => self.task(&t.uuid)?.map(|o| o.status),
         };
-        briefs.insert((t.projectid, t.id), to_json(&t.brief())?.as_slice())?;
+        briefs.insert((t.projectid, t.id), briefs::encode(&t.brief()).as_slice())?;
         drop(briefs);
         if old != Some(t.status) {
             let mut counts = self.0.open_table(STATUS_COUNT)?;
@@ -237,6 +237,28 @@ impl TaskFilter {
 
 /// Tasks whose briefs one backfill transaction writes at most.
 const BACKFILL_BATCH: usize = 1000;
+/// The `meta` counter holding the form of the stored briefs.
+const BRIEF_FORM: &str = "task_brief_form";
+
+fn damaged((project, id): (u64, u64)) -> Error {
+    Error::Internal(format!(
+        "the brief of task {id} in project {project} cannot be read"
+    ))
+}
+
+/// The brief of task `id`, from either kind of transaction.
+pub(super) fn brief_at(
+    briefs: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    project: u64,
+    id: u64,
+) -> Result<Option<TaskBrief>> {
+    match briefs.get((project, id))? {
+        Some(v) => briefs::decode(v.value())
+            .map(Some)
+            .ok_or_else(|| damaged((project, id))),
+        None => Ok(None),
+    }
+}
 
 impl Store {
     /// Runs `f` over a task transaction and commits durably.
@@ -293,7 +315,7 @@ impl Store {
                     if id > hi {
                         continue;
                     }
-                    if let Some(b) = get_json::<_, TaskBrief>(&briefs, (project, id))? {
+                    if let Some(b) = brief_at(&briefs, project, id)? {
                         if f.matches_brief(&b) {
                             out.push(b);
                             if out.len() >= f.limit {
@@ -304,8 +326,8 @@ impl Store {
                 }
             } else {
                 for row in briefs.range((project, 0)..=(project, hi))?.rev() {
-                    let (_, v) = row?;
-                    let b: TaskBrief = from_json(v.value())?;
+                    let (k, v) = row?;
+                    let b = briefs::decode(v.value()).ok_or_else(|| damaged(k.value()))?;
                     if f.matches_brief(&b) {
                         out.push(b);
                         if out.len() >= f.limit {
@@ -319,8 +341,8 @@ impl Store {
     }
 
     /// Tasks of a project created in `[from, to)`, oldest first, read as
-    /// `T` from their briefs (a `TaskSummary`, a `TaskBrief`).
-    pub fn tasks_between<T: DeserializeOwned>(
+    /// `T` from their briefs (a `TaskSummary`).
+    pub fn tasks_between<T: for<'b> From<&'b TaskBrief>>(
         &self,
         project: u64,
         from: i64,
@@ -332,25 +354,29 @@ impl Store {
             let mut out = Vec::new();
             for row in idx.range((project, from, 0)..(project, to, 0))? {
                 let (k, _) = row?;
-                if let Some(t) = get_json(&briefs, (project, k.value().2))? {
-                    out.push(t);
+                if let Some(b) = brief_at(&briefs, project, k.value().2)? {
+                    out.push(T::from(&b));
                 }
             }
             Ok(out)
         })
     }
 
-    /// Writes the briefs of tasks stored without one (a store written
-    /// before briefs existed), in transactions of `BACKFILL_BATCH` tasks.
-    /// Cheap when nothing is missing: the two tables' lengths are equal.
+    /// Writes the briefs of tasks stored without one in this build's form
+    /// (a store written before briefs existed), in transactions of
+    /// `BACKFILL_BATCH` tasks. Cheap when nothing is missing: the form is
+    /// recorded in `meta` and the two tables' lengths are equal.
     pub(super) fn backfill_briefs(&self) -> Result<()> {
         use redb::ReadableTableMetadata;
-        let missing =
-            self.read(|tx| Ok(tx.open_table(TASKS)?.len()? != tx.open_table(TASK_BRIEFS)?.len()?))?;
+        let missing = self.read(|tx| {
+            let form = tx.open_table(META)?.get(BRIEF_FORM)?.map(|v| v.value());
+            Ok(form != Some(briefs::FORM)
+                || tx.open_table(TASKS)?.len()? != tx.open_table(TASK_BRIEFS)?.len()?)
+        })?;
         if !missing {
             return Ok(());
         }
-        log::info!("writing the list rows (briefs) of stored tasks");
+        log::info!("store: writing the list rows (briefs) of stored tasks");
         let mut after: Option<String> = None;
         let mut written = 0u64;
         loop {
@@ -370,11 +396,18 @@ impl Store {
                     let Some(row) = range.next() else { break };
                     let (k, v) = row?;
                     let t: Task = from_json(v.value())?;
-                    if briefs.get((t.projectid, t.id))?.is_none() {
-                        briefs.insert((t.projectid, t.id), to_json(&t.brief())?.as_slice())?;
+                    let current = briefs
+                        .get((t.projectid, t.id))?
+                        .is_some_and(|b| briefs::decode(b.value()).is_some());
+                    if !current {
+                        briefs
+                            .insert((t.projectid, t.id), briefs::encode(&t.brief()).as_slice())?;
                         written += 1;
                     }
                     last = Some(k.value().to_string());
+                }
+                if last.is_none() {
+                    tx.open_table(META)?.insert(BRIEF_FORM, briefs::FORM)?;
                 }
                 Ok(last)
             })?;
@@ -383,7 +416,7 @@ impl Store {
                 None => break,
             }
         }
-        log::info!("wrote {written} task briefs");
+        log::info!("store: wrote {written} task briefs");
         Ok(())
     }
 
@@ -484,20 +517,22 @@ mod tests {
         }
     }
 
-    /// Writes a task the way the store did before briefs: the task row and
-    /// its indexes, no brief.
-    fn write_old_row(s: &Store, mut t: Task) {
+    /// Writes tasks the way the store did before briefs: the task rows and
+    /// their indexes, no brief.
+    fn write_old_rows(s: &Store, tasks: impl Iterator<Item = Task>) {
         s.write(|tx| {
-            t.id = next_id(tx, "task")?;
-            tx.open_table(TASKS)?
-                .insert(t.uuid.as_str(), to_json(&t)?.as_slice())?;
-            tx.open_table(TASK_INDEX)?
-                .insert((t.projectid, t.id), t.uuid.as_str())?;
-            tx.open_table(TASK_TIME)?
-                .insert((t.projectid, t.created_ms, t.id), t.uuid.as_str())?;
+            for mut t in tasks {
+                t.id = next_id(tx, "task")?;
+                tx.open_table(TASKS)?
+                    .insert(t.uuid.as_str(), to_json(&t)?.as_slice())?;
+                tx.open_table(TASK_INDEX)?
+                    .insert((t.projectid, t.id), t.uuid.as_str())?;
+                tx.open_table(TASK_TIME)?
+                    .insert((t.projectid, t.created_ms, t.id), t.uuid.as_str())?;
+            }
             Ok(())
         })
-        .expect("old row");
+        .expect("old rows");
     }
 
     #[test]
@@ -506,9 +541,10 @@ mod tests {
         let s = Store::open(&dir).expect("open");
         // More than one backfill transaction's worth.
         let n = BACKFILL_BATCH + 5;
-        for i in 0..n {
-            write_old_row(&s, task(4, &format!("Task{i:07}x"), &format!("job{i}")));
-        }
+        write_old_rows(
+            &s,
+            (0..n).map(|i| task(4, &format!("Task{i:07}x"), &format!("job{i}"))),
+        );
         let all = TaskFilter {
             limit: 10_000,
             ..Default::default()
@@ -522,8 +558,21 @@ mod tests {
         assert_eq!(listed[0].id, n as u64);
         let row = s.task(&listed[0].uuid).expect("read").expect("task");
         assert_eq!(listed[0], row.brief());
-        let between: Vec<TaskBrief> = s.tasks_between(4, 0, i64::MAX).expect("between");
+        let between: Vec<crate::model::TaskSummary> =
+            s.tasks_between(4, 0, i64::MAX).expect("between");
         assert_eq!(between.len(), n);
+        // Briefs in another form (an earlier build's) are written again.
+        s.write(|tx| {
+            tx.open_table(TASK_BRIEFS)?
+                .insert((4, 1), br#"{"id":1}"#.as_slice())?;
+            tx.open_table(META)?.remove(BRIEF_FORM)?;
+            Ok(())
+        })
+        .expect("foreign brief");
+        assert!(s.tasks(4, &all).is_err(), "a damaged brief is an error");
+        drop(s);
+        let s = Store::open(&dir).expect("reopen");
+        assert_eq!(s.tasks(4, &all).expect("list").len(), n);
         drop(s);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -560,7 +609,7 @@ mod tests {
         .expect("update");
         let failed = s.tasks(5, &f(None, Some(TaskStatus::Fail))).expect("list");
         assert_eq!(names(failed.clone()), ["db"]);
-        assert_eq!(failed[0].reason, "exit 1");
+        assert!(failed[0].members.contains(r#""reason":"exit 1""#));
         let counts: std::collections::BTreeMap<String, u64> = s
             .task_status_counts()
             .expect("counts")
