@@ -106,6 +106,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--plugin-dir", help="load the plugins from this directory (to compare builds)")
     args = ap.parse_args()
     n = args.nodes
     if not os.path.exists(BIN):
@@ -115,6 +116,7 @@ def main():
     with open(cfg, "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:0"\nname = "bench"\n[storage]\ndata_dir = "{tmp}/data"\n'
                 f'[engine]\nmax_parallel = 128\n'
+                + (f'[plugins]\ndir = ["{os.path.abspath(args.plugin_dir)}"]\n' if args.plugin_dir else '') +
                 f'[[auth.tokens]]\nname = "bench"\ntoken = "{TOKEN}"\nroles = {{ "*" = "admin" }}\n')
     d = subprocess.Popen([BIN, "--config", cfg], stderr=subprocess.PIPE, text=True)
     rows = []
@@ -142,6 +144,9 @@ def main():
             print(f"round {r}: jobx {wall:.2f} s ({batches} batches; daemon {ms(own)}/node, "
                   f"children {ms(kids)}/node) | bare {bare:.2f} s (children {ms(bare_kids)}/node) "
                   f"| ratio {ratio:.2f}x")
+        with open(f"/proc/{d.pid}/status") as f:
+            rss = next((l.split(":", 1)[1].strip() for l in f if l.startswith("VmRSS")), "?")
+        print(f"jobxd resident memory after the rounds: {rss}")
     finally:
         d.terminate()
         d.wait(timeout=30)

@@ -4,8 +4,10 @@
 //!
 //! Each step is the interpreter itself, leading its own process group (see
 //! `spawn`). The lifeline is the instance's one reaper process (see
-//! `reaper`), which kills every live group should the daemon die, plus
-//! `PR_SET_PDEATHSIG` on each leader.
+//! `reaper`), which kills every live group should the daemon die. Spawns
+//! happen on this thread so that what the reaper is told stays in order:
+//! a spawn is announced before it happens, its group listed right after,
+//! and unlisted before its leader is reaped.
 
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -322,9 +324,8 @@ impl Driver {
                     reaper,
                 };
                 // Should the loop ever panic, its processes are dropped: the
-                // reaper's pipe closes (it kills the groups), this thread
-                // ends (PDEATHSIG kills the leaders) and the reporters end
-                // the runs with an error.
+                // reaper's pipe closes (it kills the groups) and the
+                // reporters end the runs with an error.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ev.run()));
                 shared.alive.store(false, Ordering::Release);
                 drop(ev);
@@ -388,18 +389,20 @@ impl EventLoop {
         let mut buf = vec![0u8; CHUNK];
         loop {
             let msgs = std::mem::take(&mut *lock(&self.driver.queue));
+            let mut starts = Vec::new();
+            let mut cancels = Vec::new();
             for msg in msgs {
                 match msg {
-                    Msg::Start(p) => self.start(*p),
-                    Msg::Cancel(run) => {
-                        if let Some(p) = self.procs.iter_mut().find(|p| p.run == run) {
-                            p.start_kill(Ending::Cancelled, grace);
-                        }
-                    }
+                    Msg::Start(p) => starts.push(*p),
+                    Msg::Cancel(run) => cancels.push(run),
                 }
             }
-            // New groups reach the reaper before anything else is waited for.
-            self.flush_reaper();
+            self.start_all(starts);
+            for run in cancels {
+                if let Some(p) = self.procs.iter_mut().find(|p| p.run == run) {
+                    p.start_kill(Ending::Cancelled, grace);
+                }
+            }
 
             let now = Instant::now();
             let next = self.procs.iter().filter_map(Proc::next_timer).min();
@@ -445,11 +448,28 @@ impl EventLoop {
         }
     }
 
-    /// Spawns a step (on this thread: see `spawn`) and lists its group.
+    /// Spawns steps: the reaper hears of each spawn before it happens (so
+    /// it can find the step should the daemon die right after the exec),
+    /// then of each group spawned.
+    fn start_all(&mut self, starts: Vec<Pending>) {
+        if starts.is_empty() {
+            return;
+        }
+        self.reaper.spawning(starts.iter().map(|p| p.script.path()));
+        self.flush_reaper();
+        for p in starts {
+            self.start(p);
+        }
+        self.reaper.spawned();
+        self.flush_reaper();
+    }
+
+    /// Spawns one step and lists its group.
     fn start(&mut self, p: Pending) {
         let mut child = match spawn(&p.spec) {
             Ok(child) => child,
             Err(not) => {
+                self.reaper.not_spawned(p.script.path());
                 if let Some(line) = not.stderr {
                     p.out.line(Stream::Stderr, line.as_bytes());
                 }

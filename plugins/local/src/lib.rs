@@ -13,8 +13,8 @@
 //!   the leader exits, whatever it left running in its group is killed too:
 //!   a step leaves nothing behind (hand long-lived services to the service
 //!   manager). If the daemon dies, even by SIGKILL, the instance's one
-//!   reaper process kills every live group and removes their script files;
-//!   each leader also has `PR_SET_PDEATHSIG` (see `spawn`, `reaper`).
+//!   reaper process kills every live group and removes their script files
+//!   (see `reaper`).
 //! * Output is streamed line by line; lines longer than 32 KiB are split.
 //! * `scp` steps copy locally; see the `scp` module for the exact semantics.
 //!
@@ -23,8 +23,7 @@
 //! Configuration (`[plugins.local]`, all optional): `workdir` (path),
 //! `kill_grace_secs` (default 3), `copy_workers` (default 2).
 
-// The one unsafe block is the `pre_exec` of `spawn` (PR_SET_PDEATHSIG).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod driver;
 mod reaper;

@@ -3,9 +3,11 @@
 //!
 //! Its stdin is a pipe whose only writer is the daemon: the write end is
 //! close-on-exec, so no step ever holds it. The event loop keeps it told
-//! which groups are live:
+//! what is live, one short line each:
 //!
-//! * `+ <pgid> <script file name>` once a step was spawned;
+//! * `? <script file name>` before a step is spawned;
+//! * `+ <pgid> <script file name>` once it was spawned (`! <name>` if that
+//!   failed);
 //! * `- <pgid>` once the step's leader has exited and its group was killed,
 //!   written *before* the leader is reaped. Until then the zombie leader
 //!   keeps the pgid reserved, so a pgid the reaper lists can never belong to
@@ -13,12 +15,14 @@
 //!
 //! When the daemon dies the kernel closes the writer; the reaper reads what
 //! is left, then EOF, SIGKILLs every group still listed and removes their
-//! script files (nobody else will). It ignores HUP, INT and TERM, so a
-//! signal to the daemon's process group or a service stop never takes it
-//! before the daemon itself is gone.
+//! script files (nobody else will). A spawn announced but never listed (the
+//! daemon died between the exec and the `+` line) is found by its script
+//! path in `/proc/*/cmdline`: the leader is `<interpreter> <script> …`.
+//! The reaper ignores HUP, INT and TERM, so a signal to the daemon's process
+//! group or a service stop never takes it before the daemon itself is gone.
 //!
-//! One process per instance, not per step: starting a step costs the
-//! reaper one short line, read once per event-loop round.
+//! One process per instance, not per step: the loop writes each round's
+//! lines at once, so a batch of spawns costs the reaper two wake-ups.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -35,14 +39,23 @@ use rustix::process::Pid;
 /// against a small character set) from its pipe, never code.
 pub const REAPER: &str = r#"d=$1
 trap '' HUP INT TERM
-live=' '
+live=' ' wanted=' '
 while read -r op g n; do
-  case $g in ''|*[!0-9]*) continue ;; esac
+  case $op in
+    '?'|'!') n=$g g=0 ;;
+    *) case $g in ''|*[!0-9]*) continue ;; esac ;;
+  esac
   case $n in *[!A-Za-z0-9._-]*) n= ;; esac
   case $op in
+    '?') [ -z "$n" ] || wanted="$wanted$n " ;;
     +) live="$live$g:$n " ;;
     -) case $live in
          *" $g:"*) rest=${live#*" $g:"}; live="${live%%" $g:"*} ${rest#* }" ;;
+       esac ;;
+  esac
+  case $op in
+    +|'!') case $wanted in
+         *" $n "*) wanted="${wanted%%" $n "*} ${wanted#*" $n "}" ;;
        esac ;;
   esac
 done
@@ -51,6 +64,17 @@ for e in $live; do
   n=${e#*:}
   [ -z "$n" ] || rm -f -- "$d/$n"
 done
+[ "$wanted" = ' ' ] && exit 0
+for round in 1 2; do
+  for n in $wanted; do
+    for f in $(grep -lzF -- "/$n" /proc/[0-9]*/cmdline 2>/dev/null); do
+      p=${f#/proc/}
+      kill -s KILL -- "-${p%/cmdline}" 2>/dev/null
+    done
+  done
+  [ "$round" = 2 ] || sleep 1
+done
+for n in $wanted; do rm -f -- "$d/$n"; done
 "#;
 
 /// How long after a failed start the reaper is tried again.
@@ -67,6 +91,16 @@ fn reaper_name(script: &Path) -> &[u8] {
         name
     } else {
         b""
+    }
+}
+
+/// Appends a line naming a script (`?` a spawn is coming, `!` it failed).
+fn push_script(buf: &mut Vec<u8>, op: u8, script: &Path) {
+    let name = reaper_name(script);
+    if !name.is_empty() {
+        buf.extend_from_slice(&[op, b' ']);
+        buf.extend_from_slice(name);
+        buf.push(b'\n');
     }
 }
 
@@ -88,6 +122,8 @@ pub struct Reaper {
     proc: Option<(Child, ChildStdin)>,
     /// Lines not yet written.
     buf: Vec<u8>,
+    /// The `?` lines of the spawns under way (a new reaper hears them too).
+    spawning: Vec<u8>,
     /// Set when the pipe failed: the next flush starts a new reaper and
     /// tells it the whole live set.
     broken: bool,
@@ -101,9 +137,30 @@ impl Reaper {
             dir: dir.to_path_buf(),
             proc: Some(start(dir)?),
             buf: Vec::new(),
+            spawning: Vec::new(),
             broken: false,
             retry_at: None,
         })
+    }
+
+    /// Steps about to be spawned; flush before spawning them.
+    pub fn spawning<'a>(&mut self, scripts: impl Iterator<Item = &'a Path>) {
+        self.spawning.clear();
+        for script in scripts {
+            push_script(&mut self.spawning, b'?', script);
+        }
+        self.buf.extend_from_slice(&self.spawning);
+    }
+
+    /// The spawns announced by `spawning` are over (each was `added` or
+    /// `not_spawned`).
+    pub fn spawned(&mut self) {
+        self.spawning.clear();
+    }
+
+    /// An announced spawn that failed.
+    pub fn not_spawned(&mut self, script: &Path) {
+        push_script(&mut self.buf, b'!', script);
     }
 
     /// A group to kill should the daemon die.
@@ -128,7 +185,8 @@ impl Reaper {
 
     /// Writes what is queued. Should the reaper be gone or stuck (its pipe
     /// full), a new one is started and told every group in `live` (the
-    /// groups spawned and not yet reaped), which makes the queue redundant.
+    /// groups spawned and not yet reaped) and the spawns under way, which
+    /// makes the queue redundant.
     pub fn flush<'a>(&mut self, live: impl Iterator<Item = (Pid, &'a Path)>) {
         if !self.broken && self.proc.is_some() {
             if self.buf.is_empty() {
@@ -160,6 +218,7 @@ impl Reaper {
         for (pgid, script) in live {
             push_added(&mut all, pgid, script);
         }
+        all.extend_from_slice(&self.spawning);
         match start(&self.dir) {
             Ok((child, mut tx)) => {
                 if write_nonblocking(&mut tx, &all) {
@@ -226,9 +285,11 @@ mod tests {
         push_added(&mut buf, pgid, Path::new("/tmp/jobx-s1-1-2-ab.script"));
         push_added(&mut buf, pgid, Path::new("/tmp/we ird;name"));
         push_removed(&mut buf, pgid);
+        push_script(&mut buf, b'?', Path::new("/tmp/jobx-s2.script"));
+        push_script(&mut buf, b'?', Path::new("/tmp/we ird"));
         assert_eq!(
             String::from_utf8(buf).unwrap(),
-            "+ 4321 jobx-s1-1-2-ab.script\n+ 4321 \n- 4321\n"
+            "+ 4321 jobx-s1-1-2-ab.script\n+ 4321 \n- 4321\n? jobx-s2.script\n"
         );
     }
 
@@ -291,6 +352,46 @@ mod tests {
         let _ = b.wait();
         let _ = a.wait();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A process that leads its group and names `script` in its argv, as a
+    /// step's interpreter does.
+    fn step_like(script: &Path) -> Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg("sleep 1000; :")
+            .arg("jobx-reaper-test")
+            .arg(script)
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh")
+    }
+
+    /// A spawn announced but never listed (the daemon died right after the
+    /// exec) is found by its script path; one that failed is not looked for.
+    #[test]
+    fn an_announced_spawn_is_found_by_its_script() {
+        let dir = std::env::temp_dir();
+        let tag = jobx_step::unique();
+        let announced = dir.join(format!("jobx-announced-{tag}.script"));
+        let failed = dir.join(format!("jobx-failed-{tag}.script"));
+        let mut a = step_like(&announced);
+        let mut f = step_like(&failed);
+        let mut reaper = Reaper::spawn(&dir).unwrap();
+        reaper.spawning([announced.as_path(), failed.as_path()].into_iter());
+        reaper.flush(std::iter::empty());
+        reaper.not_spawned(&failed);
+        reaper.spawned();
+        reaper.flush(std::iter::empty());
+        let (mut child, tx) = reaper.proc.take().unwrap();
+        drop(tx);
+        let _ = child.wait();
+        assert!(gone(a.id()), "the announced step was not killed");
+        assert!(!gone(f.id()), "a failed spawn's namesake was killed");
+        let pf = Pid::from_raw(f.id() as i32).unwrap();
+        let _ = rustix::process::kill_process_group(pf, rustix::process::Signal::KILL);
+        let _ = f.wait();
+        let _ = a.wait();
     }
 
     /// A reaper that died is replaced, and the new one knows the live set.
