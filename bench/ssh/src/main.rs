@@ -77,6 +77,9 @@ struct Options {
     rounds: usize,
     ansible_playbook: PathBuf,
     python: String,
+    /// A directory with another build of `libjobx_plugin_ssh.so`, run as
+    /// one more contender (e.g. the plugin before a change).
+    baseline_plugin: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -86,8 +89,10 @@ fn parse_args() -> Result<Options, String> {
         rounds: 5,
         ansible_playbook: PathBuf::from("ansible-playbook"),
         python: "/usr/bin/python3".to_string(),
+        baseline_plugin: None,
     };
-    let usage = "options: --hosts N --batch N --rounds N --ansible-playbook PATH --python PATH";
+    let usage = "options: --hosts N --batch N --rounds N --ansible-playbook PATH --python PATH \
+                 --baseline-plugin DIR";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -111,6 +116,16 @@ fn parse_args() -> Result<Options, String> {
             }
             "--ansible-playbook" => o.ansible_playbook = PathBuf::from(value),
             "--python" => o.python = value.clone(),
+            "--baseline-plugin" => {
+                let dir = std::fs::canonicalize(value)
+                    .map_err(|e| format!("--baseline-plugin {value}: {e}"))?;
+                if !dir.join("libjobx_plugin_ssh.so").is_file() {
+                    return Err(format!(
+                        "--baseline-plugin {value}: no libjobx_plugin_ssh.so in it"
+                    ));
+                }
+                o.baseline_plugin = Some(dir);
+            }
             _ => return Err(format!("unknown option {flag}; {usage}")),
         }
     }
@@ -142,6 +157,7 @@ fn main() {
 enum Contender {
     Jobx,
     JobxWithoutPrepare,
+    JobxBaseline,
     Loop,
     Ansible,
 }
@@ -151,6 +167,7 @@ impl Contender {
         match self {
             Contender::Jobx => "jobx",
             Contender::JobxWithoutPrepare => "jobx without prepare",
+            Contender::JobxBaseline => "jobx, baseline plugin",
             Contender::Loop => "ControlMaster loop",
             Contender::Ansible => "ansible-playbook",
         }
@@ -218,6 +235,13 @@ fn run(o: &Options) -> Result<(), String> {
         Contender::JobxWithoutPrepare,
         Contender::Loop,
     ];
+    if let Some(dir) = &o.baseline_plugin {
+        println!(
+            "baseline ssh plugin: {}/libjobx_plugin_ssh.so",
+            dir.display()
+        );
+        contenders.push(Contender::JobxBaseline);
+    }
     if let Some(v) = &version {
         println!(
             "{} (startup alone, `--version`: {:.3} s)",
@@ -245,6 +269,9 @@ fn run(o: &Options) -> Result<(), String> {
             let (wall, note) = match c {
                 Contender::Jobx => run_jobx(&fleet, &names, o, None)?,
                 Contender::JobxWithoutPrepare => run_jobx(&fleet, &names, o, Some(without.path()))?,
+                Contender::JobxBaseline => {
+                    run_jobx(&fleet, &names, o, o.baseline_plugin.as_deref())?
+                }
                 Contender::Loop => run_loop(&fleet, r, o)?,
                 Contender::Ansible => run_ansible(&fleet, &work, r, o)?,
             };
@@ -284,6 +311,13 @@ fn run(o: &Options) -> Result<(), String> {
             "the hook's effect".to_string(),
         ),
     ];
+    if o.baseline_plugin.is_some() {
+        pairs.push((
+            Contender::Jobx,
+            Contender::JobxBaseline,
+            "this plugin against the baseline".to_string(),
+        ));
+    }
     if version.is_some() {
         pairs.insert(
             0,
@@ -479,12 +513,111 @@ fn run_jobx(
     // Seconds since the epoch, with milliseconds.
     let secs = |k: &str| finished[k].as_f64().unwrap_or(0.0);
     let daemon = secs("finishtimems") - secs("starttimems");
+    let spans = timeline(&log_records(&d, &uuid)?, secs("starttimems"));
     let closed = close_masters(fleet);
     drop(d);
     Ok((
         wall,
-        format!("daemon's own start..finish {daemon:.3} s; {closed} idle masters closed"),
+        format!("daemon's own start..finish {daemon:.3} s; {spans}; {closed} idle masters closed"),
     ))
+}
+
+/// One record of a task log: time (s), node, stream, text.
+struct Record {
+    time: f64,
+    node: String,
+    stream: String,
+    text: String,
+}
+
+/// Every record of the task's log, page by page.
+fn log_records(d: &Daemon, uuid: &str) -> Result<Vec<Record>, String> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let (st, v) = d.get(
+            &format!("/slave/test-slave/log/{uuid}?format=json&offset={offset}&max=10000"),
+            jobx_tests::daemon::ADMIN,
+        );
+        if st != 200 {
+            return Err(format!("log of {uuid}: {st} {v}"));
+        }
+        let page = &v["data"];
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        if records.is_empty() {
+            return Ok(out);
+        }
+        for r in &records {
+            out.push(Record {
+                time: r["time"].as_f64().unwrap_or(0.0),
+                node: r["node"].as_str().unwrap_or("").to_string(),
+                stream: r["stream"].as_str().unwrap_or("").to_string(),
+                text: r["text"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        offset = page["next_offset"]
+            .as_u64()
+            .unwrap_or(offset + records.len() as u64);
+    }
+}
+
+/// Where a jobx run's time went, from its log records (times in ms as the
+/// daemon stamps them): the start of the task to the first step; each
+/// step's span, from its header to the last node's result; and the gaps
+/// from a step's last node result to the next step's header, within a
+/// batch and between batches (what the engine spends between steps).
+fn timeline(records: &[Record], start: f64) -> String {
+    // (header time, last node result time) per step, in order.
+    let mut steps: Vec<(f64, f64)> = Vec::new();
+    for r in records {
+        if r.node.is_empty() && r.stream == "info" && r.text.starts_with("step \"") {
+            if r.text.contains("\" (ssh) on ") {
+                steps.push((r.time, r.time));
+            }
+        } else if !r.node.is_empty() && r.stream == "info" && r.text.starts_with("exit code") {
+            if let Some(last) = steps.last_mut() {
+                last.1 = last.1.max(r.time);
+            }
+        }
+    }
+    if steps.is_empty() {
+        return "no step records".to_string();
+    }
+    let per_batch = COMMANDS.len();
+    let ms = |s: f64| s * 1000.0;
+    let mut text = format!(
+        "start..first step {:.0} ms, first step (connects) {:.0} ms",
+        ms(steps[0].0 - start),
+        ms(steps[0].1 - steps[0].0)
+    );
+    for (k, (name, _)) in COMMANDS.iter().enumerate() {
+        // The first batch's first step pays for connecting: left out.
+        let spans: Vec<f64> = steps
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % per_batch == k && *i != 0)
+            .map(|(_, (h, e))| ms(e - h))
+            .collect();
+        let _ = write!(text, ", {name} median {:.0} ms", median(&spans));
+    }
+    let (mut within, mut between) = (Vec::new(), Vec::new());
+    for i in 1..steps.len() {
+        let gap = ms(steps[i].0 - steps[i - 1].1);
+        if i % per_batch == 0 {
+            between.push(gap);
+        } else {
+            within.push(gap);
+        }
+    }
+    let _ = write!(
+        text,
+        ", gaps: in a batch median {:.0} / max {:.0} ms, between batches median {:.0} / max {:.0} ms",
+        median(&within),
+        within.iter().copied().fold(0.0, f64::max),
+        median(&between),
+        between.iter().copied().fold(0.0, f64::max)
+    );
+    text
 }
 
 /// The ssh options every command of the loop uses.

@@ -2,11 +2,13 @@
 //! any session, shared by every step, kept by ssh's `ControlPersist`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_lock::{Mutex, Semaphore, SemaphoreGuardArc};
 use async_process::Command;
+use event_listener::Event;
 use futures_lite::future;
 use jobx_plugin_api::Reporter;
 
@@ -23,6 +25,58 @@ pub const SETUPS_PER_ENDPOINT: usize = 8;
 /// Attempts when the node refuses connections: retries only cover an sshd
 /// restarting, not a node where nothing listens.
 const REFUSED_ATTEMPTS: u32 = 3;
+
+/// How long a prepared connection's setup waits before it looks whether
+/// steps are setting up theirs. The engine asks to prepare the next batch
+/// just before the batch that is starting runs its first step; this head
+/// start lets that step's own setups begin (and be counted) first.
+pub const PREPARE_HEAD_START: Duration = Duration::from_millis(50);
+
+/// Connection setups that steps are waiting for, over all nodes. Setups
+/// of prepared connections give way to them: handshakes cost CPU on both
+/// ends (tens of ms each for today's key exchange), so the batch that is
+/// starting gets it first, and the next batch's handshakes fill the time
+/// its steps leave instead of slowing its first step down.
+#[derive(Default)]
+pub struct StepSetups {
+    busy: AtomicUsize,
+    idle: Event,
+}
+
+impl StepSetups {
+    /// Counts a step's setup until the guard drops.
+    pub fn enter(&self) -> StepSetup<'_> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        StepSetup(self)
+    }
+
+    /// Waits until no step is setting up a connection.
+    pub async fn idle(&self) {
+        loop {
+            if self.busy.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            // Listen before looking again, so a last setup ending in
+            // between is not missed.
+            let listener = self.idle.listen();
+            if self.busy.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// One step's connection setup in progress.
+pub struct StepSetup<'a>(&'a StepSetups);
+
+impl Drop for StepSetup<'_> {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify(usize::MAX);
+        }
+    }
+}
 
 /// One master connection and the sessions over it.
 pub struct Conn {
@@ -100,9 +154,11 @@ impl Conn {
     /// retrying transient failures with backoff within `connect_timeout`.
     /// Connection setups over all nodes are bounded by `connects`. Retries
     /// are reported to `out` when a run is waiting (not when preparing).
+    /// A run's setup is counted in `steps`.
     pub async fn ensure_master(
         &self,
         connects: &Semaphore,
+        steps: &StepSetups,
         connect_timeout: u64,
         out: Option<&Reporter>,
     ) -> Result<(), String> {
@@ -125,6 +181,7 @@ impl Conn {
             // to bind over it.
             let _ = std::fs::remove_file(&self.ctl);
         }
+        let _counted = out.map(|_| steps.enter());
         match self.open(connects, connect_timeout, out).await {
             Ok(()) => {
                 st.verified = Some(Instant::now());

@@ -40,7 +40,7 @@ use jobx_plugin_api::{
 };
 
 use crate::config::Config;
-use crate::conn::{ensure_private_dir, Conn, SETUPS_PER_ENDPOINT};
+use crate::conn::{ensure_private_dir, Conn, StepSetups, PREPARE_HEAD_START, SETUPS_PER_ENDPOINT};
 use crate::run::Plan;
 use crate::runtime::{Runtime, Stop};
 use crate::target::{control_path, generated_config, SshOptions, Target};
@@ -61,6 +61,8 @@ pub struct Inner {
     rt: Runtime,
     /// Connection setups in progress over all nodes.
     connects: Semaphore,
+    /// Setups that steps wait for (prepared ones give way to them).
+    step_setups: StepSetups,
     /// Connections by control socket path.
     conns: Mutex<HashMap<PathBuf, Arc<Conn>>>,
     /// Setup slots by (address, port).
@@ -186,6 +188,7 @@ impl Executor for SshExecutor {
                 cfg,
                 rt: Runtime::start(THREADS)?,
                 connects,
+                step_setups: StepSetups::default(),
                 conns: Mutex::new(HashMap::new()),
                 endpoints: Mutex::new(HashMap::new()),
                 runs: Mutex::new(HashMap::new()),
@@ -228,7 +231,10 @@ impl Executor for SshExecutor {
 
     /// Opens (and authenticates) the master connections of the next batch
     /// in the background, under the same bounds as any connection setup
-    /// (`max_concurrent_connects`, setups per endpoint). They are the
+    /// (`max_concurrent_connects`, setups per endpoint), and only while no
+    /// step is setting up a connection of its own (after a
+    /// [`PREPARE_HEAD_START`] that lets the starting batch's steps begin
+    /// theirs): the batch that runs comes first. They are the
     /// connections the batch's steps then use: a step that comes while its
     /// master is still being opened waits for that attempt instead of
     /// starting another. A node whose target is invalid is left to its
@@ -248,8 +254,14 @@ impl Executor for SshExecutor {
             let conn = inner.conn(&target, &data_dir)?;
             let inner2 = inner.clone();
             inner.rt.spawn(async move {
-                let opening =
-                    conn.ensure_master(&inner2.connects, inner2.cfg.connect_timeout, None);
+                async_io::Timer::after(PREPARE_HEAD_START).await;
+                inner2.step_setups.idle().await;
+                let opening = conn.ensure_master(
+                    &inner2.connects,
+                    &inner2.step_setups,
+                    inner2.cfg.connect_timeout,
+                    None,
+                );
                 let _ = AssertUnwindSafe(opening).catch_unwind().await;
             });
         }

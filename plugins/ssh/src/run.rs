@@ -132,7 +132,12 @@ async fn connect(
     out: &Reporter,
 ) -> Result<(), String> {
     match stop
-        .guard(conn.ensure_master(&inner.connects, inner.cfg.connect_timeout, Some(out)))
+        .guard(conn.ensure_master(
+            &inner.connects,
+            &inner.step_setups,
+            inner.cfg.connect_timeout,
+            Some(out),
+        ))
         .await
     {
         Ok(r) => r,

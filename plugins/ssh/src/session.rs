@@ -22,7 +22,7 @@ const MAX_HELD_LINES: usize = 200;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// A step's remote command: output goes to the step, stdin stays open
-    /// until the run ends (the remote watchdog's lifeline), a stop closes
+    /// until the run ends (the remote step's lifeline), a stop closes
     /// stdin and gives the remote side time to kill the step.
     Step,
     /// A helper command: stdout is captured, stderr goes to the step, stdin
@@ -179,7 +179,7 @@ pub async fn run(
             match mode {
                 Mode::Step => {
                     out.info(format!("{}: stopping the remote step", reason.message()));
-                    // EOF on the channel: the remote watchdog kills the step's
+                    // EOF on the channel: the remote lifeline kills the step's
                     // process group (SIGTERM, SIGKILL after the grace period).
                     close_tx.close();
                     let limit = Duration::from_secs(KILL_GRACE_SECS + 5);
@@ -352,7 +352,7 @@ mod tests {
         let out = Reporter::from_sink(sink.clone());
         let (tx, rx) = async_channel::bounded(1);
         let stop = Stop::new(rx, 0);
-        // Reads the input line, then waits for EOF like the remote watchdog.
+        // Reads the input line, then waits for EOF like the remote lifeline.
         let script = format!("read x; echo {STARTED}; echo got $x; cat >/dev/null; exit 9");
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));

@@ -1,0 +1,180 @@
+//! The ssh step's lifeline on the node, through the real daemon against a
+//! real OpenSSH server on a loopback address (the server runs on this
+//! machine, so the node's process table is this machine's): a step that is
+//! stopped, that times out, or whose connection drops leaves neither its
+//! process group nor its script file on the node.
+
+use jobx_tests::daemon::*;
+use jobx_tests::flow::{marker, processes_matching};
+use jobx_tests::project::TaskRef;
+use jobx_tests::sshd::SshdFleet;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A step that says who it is — its pid, which is its process group (the
+/// step leads one), and its script file — then leaves a child in its group
+/// and sleeps; both carry the marker given as `$1`.
+const STEP: &str = "echo \"pid=$$ file=$0\"\n\
+                    (exec -a \"$1-child\" sleep 300) &\n\
+                    exec -a \"$1\" sleep 301\n";
+
+fn daemon_for(fleet: &SshdFleet) -> Daemon {
+    let d = Daemon::start(&format!(
+        "[plugins.ssh]\nidentity_file = {:?}\nuser = {:?}\nconnect_timeout = 5\n",
+        fleet.identity_file().display().to_string(),
+        fleet.user()
+    ));
+    let s = fleet.server(0);
+    d.ok_post(
+        "/node/10",
+        json!({"nodes": [{"name": "n1", "host": s.host(), "port": s.port()}]}),
+    );
+    d.project(10).group("one", "list", "n1");
+    d
+}
+
+/// The process group of `pid`, unless it is gone or a zombie.
+fn live_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp …; comm may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(2)?.parse().ok()
+}
+
+/// Live processes of process group `pgid` on this machine.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| live_group(pid) == Some(pgid))
+        .collect()
+}
+
+/// Waits until the step has started on the node: answers its process group
+/// (two live members: the step and its child) and its script file.
+fn started(task: &TaskRef, mark: &str) -> (i32, PathBuf) {
+    let line = wait_for("the step's pid line", T, || {
+        task.log_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("[n1] pid=").map(String::from))
+    });
+    let (pid, file) = line.split_once(" file=").expect("pid and file");
+    let pgid: i32 = pid.parse().expect("pid");
+    wait_for("the step and its child", T, || {
+        (processes_matching(mark).len() == 2 && group_members(pgid).len() == 2).then_some(())
+    });
+    (pgid, PathBuf::from(file))
+}
+
+/// The step's group and script file are gone from the node.
+fn gone(pgid: i32, file: &Path, mark: &str) {
+    wait_for(
+        "the step's process group gone from the node",
+        Duration::from_secs(15),
+        || group_members(pgid).is_empty().then_some(()),
+    );
+    assert!(
+        processes_matching(mark).is_empty(),
+        "{:?}",
+        processes_matching(mark)
+    );
+    wait_for(
+        "the step's script file removed",
+        Duration::from_secs(5),
+        || (!file.exists()).then_some(()),
+    );
+}
+
+#[test]
+fn a_stopped_step_leaves_no_process_group_and_no_script_file_on_the_node() {
+    let fleet = SshdFleet::start(1).expect("sshd fleet (tests/run.sh installs openssh-server)");
+    let d = daemon_for(&fleet);
+    let p = d.project(10);
+    p.job(
+        "sleepy",
+        json!([{"plugin": "ssh", "script": STEP, "args": "${mark}", "timeout": 600}]),
+    );
+    let mark = marker("lifeline-stop");
+    let task = p.run("sleepy", "one", json!({"mark": mark}));
+    let (pgid, file) = started(&task, &mark);
+    // The script file is private to the login user while the step runs.
+    let mode = std::fs::metadata(&file)
+        .expect("script file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    task.stop();
+    let t = task.wait_finished_within(Duration::from_secs(15));
+    assert_eq!(t["status"], "fail", "{t}");
+    assert!(
+        task.log_text().contains("[n1] failed: cancelled"),
+        "{}",
+        task.log_text()
+    );
+    gone(pgid, &file, &mark);
+}
+
+#[test]
+fn a_step_that_times_out_leaves_no_process_group_and_no_script_file_on_the_node() {
+    let fleet = SshdFleet::start(1).expect("sshd fleet");
+    let d = daemon_for(&fleet);
+    let p = d.project(10);
+    p.job(
+        "slow",
+        json!([{"plugin": "ssh", "script": STEP, "args": "${mark}", "timeout": 3}]),
+    );
+    let mark = marker("lifeline-timeout");
+    let task = p.run("slow", "one", json!({"mark": mark}));
+    let (pgid, file) = started(&task, &mark);
+    let subs = task.wait_confirm(0);
+    assert_eq!(subs[0]["status"], "fail", "{subs:?}");
+    assert!(
+        task.log_text().contains("[n1] failed: timeout after 3 s"),
+        "{}",
+        task.log_text()
+    );
+    gone(pgid, &file, &mark);
+}
+
+#[test]
+fn a_dropped_connection_kills_the_step_on_the_node() {
+    let fleet = SshdFleet::start(1).expect("sshd fleet");
+    let d = daemon_for(&fleet);
+    let p = d.project(10);
+    p.job(
+        "sleepy",
+        json!([{"plugin": "ssh", "script": STEP, "args": "${mark}", "timeout": 600}]),
+    );
+    let mark = marker("lifeline-drop");
+    let task = p.run("sleepy", "one", json!({"mark": mark}));
+    let (pgid, file) = started(&task, &mark);
+    // The node's master connection, killed as a network failure would end
+    // it: sshd ends the session and the step's stdin reaches EOF.
+    let port = format!(" -p {} ", fleet.server(0).port());
+    let masters: Vec<i32> = processes_matching("ControlMaster=yes")
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&port))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(masters.len(), 1, "{masters:?}");
+    // SAFETY: kill(2) on the master ssh process this test's daemon started.
+    unsafe { libc::kill(masters[0], libc::SIGKILL) };
+    gone(pgid, &file, &mark);
+    let subs = task.wait_confirm(0);
+    assert_eq!(subs[0]["status"], "fail", "{subs:?}");
+    assert!(
+        !task.log_text().contains("[n1] exit code 0"),
+        "{}",
+        task.log_text()
+    );
+}
