@@ -4,7 +4,10 @@ batches of 10%, next to a bare spawn loop with the same batch barriers.
 
 Usage:
   cargo build --release -p jobxd -p jobx-plugin-local
-  python3 bench/engine/run.py [--nodes N] [--rounds R]
+  python3 bench/engine/run.py [--nodes N] [--rounds R] [--plugin-dir DIR]
+
+--plugin-dir loads the plugins from DIR instead of next to jobxd, to compare
+two builds of a plugin against the same daemon.
 
 Starts target/release/jobxd on a free port with a temporary data dir, talks
 HTTP only to 127.0.0.1, and stops it at the end. The machine is shared and
@@ -15,7 +18,8 @@ Besides wall time it reports CPU per node, read from /proc:
   * children: CPU of the step processes (the daemon's reaped children, plus
     the live ones such as the local executor's reaper) or, for the baseline,
     of the spawned `bash -c true`;
-  * daemon: CPU of jobxd itself (engine, store, HTTP, plugin threads).
+  * daemon: CPU of jobxd itself (engine, store, HTTP, plugin threads), and
+    at the end the same split by thread name (/proc/<pid>/task/*).
 """
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
@@ -62,6 +66,20 @@ def daemon_cpu(pid):
     """(own CPU, children CPU incl. live children) of the daemon, seconds."""
     _, ut, st, cut, cst = stat_fields(pid)
     return ut + st, cut + cst + live_children_cpu(pid)
+
+
+def thread_cpu(pid):
+    """CPU seconds of the daemon's threads, summed by thread name."""
+    by = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            _, ut, st, _, _ = stat_fields(f"{pid}/task/{tid}")
+        except (OSError, IndexError, ValueError):
+            continue
+        by[name] = by.get(name, 0.0) + ut + st
+    return by
 
 
 def run_jobx(base, pid, n):
@@ -136,6 +154,7 @@ def main():
         call(base, "POST", "/group/1", {"name": "tenth", "group_type": "percent", "percent": "10%"})
         call(base, "POST", "/job/1", {"name": "true", "steps": [{"plugin": "local", "script": "true"}]})
         print(f"{n} nodes x `true`, 10% batches, {args.rounds} rounds (jobx and the bare loop alternate)")
+        threads0 = thread_cpu(d.pid)
         for r in range(1, args.rounds + 1):
             wall, own, kids, batches = run_jobx(base, d.pid, n)
             bare, bare_kids = bare_loop(n, batches)
@@ -144,6 +163,11 @@ def main():
             print(f"round {r}: jobx {wall:.2f} s ({batches} batches; daemon {ms(own)}/node, "
                   f"children {ms(kids)}/node) | bare {bare:.2f} s (children {ms(bare_kids)}/node) "
                   f"| ratio {ratio:.2f}x")
+        threads1 = thread_cpu(d.pid)
+        spent = sorted(((threads1[k] - threads0.get(k, 0.0), k) for k in threads1), reverse=True)
+        total = n * len(rows)
+        print("daemon CPU per node by thread: " + ", ".join(
+            f"{name} {ms(sec / total)}" for sec, name in spent if sec / total >= 0.000005))
         with open(f"/proc/{d.pid}/status") as f:
             rss = next((l.split(":", 1)[1].strip() for l in f if l.startswith("VmRSS")), "?")
         print(f"jobxd resident memory after the rounds: {rss}")
