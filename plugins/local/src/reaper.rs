@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::Pid;
 
 /// The reaper, run as `sh -c REAPER jobx-local-reaper <script dir>`. A fixed
@@ -59,26 +60,35 @@ while read -r op g n; do
        esac ;;
   esac
 done
+cd -- "$d" 2>/dev/null || d=
+names=
 for e in $live; do
   kill -s KILL -- "-${e%%:*}" 2>/dev/null
-  n=${e#*:}
-  [ -z "$n" ] || rm -f -- "$d/$n"
+  names="$names ${e#*:}"
 done
-[ "$wanted" = ' ' ] && exit 0
-for round in 1 2; do
-  for n in $wanted; do
-    for f in $(grep -lzF -- "/$n" /proc/[0-9]*/cmdline 2>/dev/null); do
-      p=${f#/proc/}
-      kill -s KILL -- "-${p%/cmdline}" 2>/dev/null
+if [ "$wanted" != ' ' ]; then
+  for round in 1 2; do
+    for n in $wanted; do
+      for f in $(grep -lzF -- "/$n" /proc/[0-9]*/cmdline 2>/dev/null); do
+        p=${f#/proc/}
+        kill -s KILL -- "-${p%/cmdline}" 2>/dev/null
+      done
     done
+    [ "$round" = 2 ] || sleep 1
   done
-  [ "$round" = 2 ] || sleep 1
-done
-for n in $wanted; do rm -f -- "$d/$n"; done
+  names="$names $wanted"
+fi
+# In $d now; the names hold no blank or pattern character, so they split
+# into one word each.
+[ -z "$d" ] || case $names in *[!\ ]*) rm -f -- $names ;; esac
 "#;
 
 /// How long after a failed start the reaper is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a full pipe may stay full before the reaper counts as stuck
+/// (a long live set after a restart, or a large round of spawns, fill it
+/// for a moment while the reaper reads).
+const STUCK: Duration = Duration::from_secs(1);
 
 /// The file name the reaper may remove: the name itself when it is made of
 /// the characters `ScriptFile` uses, else nothing (the group is still killed).
@@ -237,15 +247,30 @@ impl Reaper {
     }
 }
 
-/// Writes all of `data` or reports failure (the pipe is closed, or full
-/// because the reaper does not read).
+/// Writes all of `data` or reports failure: the pipe is closed (EPIPE; the
+/// daemon, a Rust program, ignores SIGPIPE), or the reaper read nothing for
+/// `STUCK` while the pipe was full.
 fn write_nonblocking(tx: &mut ChildStdin, data: &[u8]) -> bool {
+    let deadline = Instant::now() + STUCK;
     let mut off = 0;
     while off < data.len() {
         match tx.write(&data[off..]) {
             Ok(0) => return false,
             Ok(n) => off += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(left) = Timespec::try_from(left) else {
+                    return false;
+                };
+                if left == Timespec::default() {
+                    return false;
+                }
+                let mut fds = [PollFd::new(&*tx, PollFlags::OUT)];
+                if matches!(rustix::event::poll(&mut fds, Some(&left)), Ok(0)) {
+                    return false;
+                }
+            }
             Err(_) => return false,
         }
     }
@@ -391,6 +416,25 @@ mod tests {
         let pf = Pid::from_raw(f.id() as i32).unwrap();
         let _ = rustix::process::kill_process_group(pf, rustix::process::Signal::KILL);
         let _ = f.wait();
+        let _ = a.wait();
+    }
+
+    /// A live set longer than the pipe holds still reaches a new reaper:
+    /// the write waits while it reads.
+    #[test]
+    fn a_long_live_set_reaches_a_new_reaper() {
+        let mut a = group();
+        let pa = Pid::from_raw(a.id() as i32).unwrap();
+        let script = PathBuf::from("/nonexistent/jobx-long-live-set-entry-name.script");
+        let mut reaper = Reaper::spawn(&std::env::temp_dir()).unwrap();
+        reaper.lost();
+        // 3,000 lines of ~60 bytes: three times a default pipe buffer.
+        reaper.flush(std::iter::repeat_n((pa, script.as_path()), 3000));
+        assert!(!reaper.broken && reaper.retry_at.is_none());
+        let (mut child, tx) = reaper.proc.take().expect("a new reaper");
+        drop(tx);
+        let _ = child.wait();
+        wait_until("group killed", || gone(a.id()));
         let _ = a.wait();
     }
 
