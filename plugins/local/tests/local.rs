@@ -224,6 +224,25 @@ fn output_lines_and_exit_code() {
 }
 
 #[test]
+fn a_script_killed_by_a_signal_exits_128_plus_it() {
+    let (_, result) = run(&cmd("kill -s KILL $$", "bash", &[], &[]));
+    assert_eq!(result, StepResult::exited(137));
+}
+
+#[test]
+fn grandchildren_output_arrives_on_the_step_streams() {
+    let (sink, result) = run(&cmd(
+        "(echo from-child; sh -c 'echo from-grandchild >&2') &\nwait\necho leader",
+        "bash",
+        &[],
+        &[],
+    ));
+    assert_eq!(result, StepResult::exited(0));
+    assert_eq!(sink.stream(Stream::Stdout), vec!["from-child", "leader"]);
+    assert_eq!(sink.stream(Stream::Stderr), vec!["from-grandchild"]);
+}
+
+#[test]
 fn invalid_utf8_and_long_lines() {
     let (sink, result) = run(&cmd(
         "printf 'a\\377b\\n'; head -c 100000 /dev/zero | tr '\\0' x; echo",
