@@ -251,6 +251,7 @@ impl Task {
             calltype: &self.calltype,
             decision: self.decision,
             deploy_uuid,
+            finishtimems: self.finish_ms.map(|m| m as f64 / 1000.0),
             group: &self.group,
             id: self.id,
             name: &self.name,
@@ -258,7 +259,11 @@ impl Task {
             projectid: self.projectid,
             reason: &self.reason,
             rollback_uuid,
+            // Counting up while the task runs: written with each answer.
+            runtime: (self.start_ms.is_none() || self.finish_ms.is_some())
+                .then(|| runtime(self.start_ms, self.finish_ms, 0)),
             slave: &self.slave,
+            starttimems: self.start_ms.map(|m| m as f64 / 1000.0),
             status: self.status,
             stopped_by: self.stopped_by.as_deref(),
             user: &self.user,
@@ -351,20 +356,14 @@ impl TaskBrief {
         out.extend_from_slice(self.members.as_bytes());
         out.extend_from_slice(b",\"finishtime\":");
         local_time(self.finish_ms, out);
-        out.extend_from_slice(b",\"finishtimems\":");
-        seconds(self.finish_ms, out);
-        out.extend_from_slice(b",\"runtime\":");
-        match runtime(self.start_ms, self.finish_ms, now) {
-            // Digits and a dot: nothing to escape.
-            Some(r) => {
-                let _ = write!(out, "\"{r}\"");
+        if let (Some(_), None) = (self.start_ms, self.finish_ms) {
+            if let Some(r) = runtime(self.start_ms, None, now) {
+                // Digits and a dot: nothing to escape.
+                let _ = write!(out, ",\"runtime\":\"{r}\"");
             }
-            None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"starttime\":");
         local_time(self.start_ms, out);
-        out.extend_from_slice(b",\"starttimems\":");
-        seconds(self.start_ms, out);
         out.extend_from_slice(b",\"waiting\":");
         match waiting {
             Some(w) => {
@@ -405,7 +404,6 @@ fn runtime(start: Option<i64>, finish: Option<i64>, now: i64) -> Option<String> 
 /// `"YYYY-MM-DD HH:MM:SS"` in local time as `clock::local` writes it, or `null`.
 fn local_time(ms: Option<i64>, out: &mut Vec<u8>) {
     use chrono::{Datelike, TimeZone, Timelike};
-    use std::io::Write;
     let Some(ms) = ms else {
         out.extend_from_slice(b"null");
         return;
@@ -413,30 +411,28 @@ fn local_time(ms: Option<i64>, out: &mut Vec<u8>) {
     match chrono::Local.timestamp_millis_opt(ms).single() {
         // Written digit by digit: `format` would parse its pattern per call.
         Some(t) if (0..=9999).contains(&t.year()) => {
-            let _ = write!(
-                out,
-                "\"{:04}-{:02}-{:02} {:02}:{:02}:{:02}\"",
-                t.year(),
-                t.month(),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
+            let digits = |out: &mut Vec<u8>, n: u32, width: u32| {
+                for i in (0..width).rev() {
+                    out.push(b'0' + (n / 10u32.pow(i) % 10) as u8);
+                }
+            };
+            out.push(b'"');
+            digits(out, t.year() as u32, 4);
+            out.push(b'-');
+            digits(out, t.month(), 2);
+            out.push(b'-');
+            digits(out, t.day(), 2);
+            out.push(b' ');
+            digits(out, t.hour(), 2);
+            out.push(b':');
+            digits(out, t.minute(), 2);
+            out.push(b':');
+            digits(out, t.second(), 2);
+            out.push(b'"');
         }
         _ => {
             let _ = serde_json::to_writer(&mut *out, &crate::clock::local(ms));
         }
-    }
-}
-
-/// Epoch seconds as a JSON number (as `serde_json` writes an `f64`), or `null`.
-fn seconds(ms: Option<i64>, out: &mut Vec<u8>) {
-    match ms {
-        Some(m) => {
-            let _ = serde_json::to_writer(&mut *out, &(m as f64 / 1000.0));
-        }
-        None => out.extend_from_slice(b"null"),
     }
 }
 
@@ -449,6 +445,7 @@ struct RowFixed<'a> {
     calltype: &'a str,
     decision: Decision,
     deploy_uuid: Option<String>,
+    finishtimems: Option<f64>,
     group: &'a str,
     id: u64,
     name: &'a str,
@@ -456,7 +453,10 @@ struct RowFixed<'a> {
     projectid: u64,
     reason: &'a str,
     rollback_uuid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<Option<String>>,
     slave: &'a str,
+    starttimems: Option<f64>,
     status: TaskStatus,
     stopped_by: Option<&'a str>,
     user: &'a str,

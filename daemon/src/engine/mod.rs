@@ -49,7 +49,14 @@ pub struct Engine {
     stopping: Mutex<std::collections::HashSet<String>>,
     /// Plugin runs in flight, per task (what stop cancels).
     runs: Mutex<HashMap<String, HashMap<u64, RunHandle>>>,
+    /// Turns to wait for a log commit on a thread (see `log_wait`).
+    log_turns: (async_channel::Sender<()>, async_channel::Receiver<()>),
 }
+
+/// Threads that wait for log commits at most (a batch's records before it
+/// settles, a task's before its counters are dropped); other waits queue
+/// for a turn without a thread. One commit answers every waiting thread.
+const LOG_WAITERS: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
@@ -91,6 +98,7 @@ impl Engine {
             wakers: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
             stopping: Mutex::new(Default::default()),
+            log_turns: turns(LOG_WAITERS),
         }))
     }
 
@@ -321,10 +329,22 @@ impl Engine {
             lock(&me.wakers).remove(&uuid);
             lock(&me.runs).remove(&uuid);
             lock(&me.stopping).remove(&uuid);
-            // Forgetting flushes first: keep that wait off the async threads.
+            // Forgetting flushes first: the task's last records are stored
+            // before its followers are woken.
             let logs = me.logs.clone();
-            blocking::unblock(move || logs.forget_task(&uuid)).await;
+            me.log_wait(move || logs.forget_task(&uuid)).await;
+            me.logs.notify();
         });
+    }
+
+    /// Runs `f`, which waits for a log commit, on a thread of the blocking
+    /// pool, never more than `LOG_WAITERS` at a time.
+    pub(crate) async fn log_wait(&self, f: impl FnOnce() + Send + 'static) {
+        let (give, take) = &self.log_turns;
+        // The channel lives as long as the engine: it cannot be closed here.
+        let _ = take.recv().await;
+        blocking::unblock(f).await;
+        let _ = give.send(()).await;
     }
 
     /// What each listed task waits for, through the one rule
@@ -534,6 +554,15 @@ fn insert(
         )?;
         Ok(task)
     }
+}
+
+/// `n` turns: a bounded channel holding `n` tokens.
+fn turns(n: usize) -> (async_channel::Sender<()>, async_channel::Receiver<()>) {
+    let (give, take) = async_channel::bounded(n);
+    for _ in 0..n {
+        let _ = give.try_send(());
+    }
+    (give, take)
 }
 
 fn check_uuid(uuid: &str) -> Result<()> {

@@ -32,11 +32,10 @@ pub(super) async fn blocking<T: Send + 'static>(
     e.store.offload(move || f(&e2)).await
 }
 
-/// Waits (on the blocking pool, not the store's) until queued log records
-/// are stored.
+/// Waits until queued log records are stored (see `Engine::log_wait`).
 async fn flush_logs(e: &Engine) {
     let logs = e.logs.clone();
-    blocking::unblock(move || logs.flush()).await;
+    e.log_wait(move || logs.flush()).await;
 }
 
 async fn load(e: &Arc<Engine>, uuid: &str) -> Result<(Task, Vec<Subtask>)> {
@@ -94,7 +93,7 @@ async fn drive(e: &Arc<Engine>, uuid: &str, wake: &Event) -> Result<()> {
                     .store
                     .grouped_async(move |tx| finish_in(tx, &notify, &id))
                     .await?;
-                finished(e, uuid, t).await;
+                finished(e, uuid, t);
                 return Ok(());
             }
             Next::Wait => listener.await,
@@ -232,9 +231,9 @@ fn finish_in(tx: &Tx, notify: &crate::notify::Notifier, uuid: &str) -> Result<Op
     Ok(Some(t))
 }
 
-/// After the end of a task is durable: webhooks, its last log record,
-/// followers woken.
-async fn finished(e: &Engine, uuid: &str, t: Option<Task>) {
+/// After the end of a task is durable: webhooks and its last log record
+/// (stored, and followers woken, when the runner ends: `spawn_runner`).
+fn finished(e: &Engine, uuid: &str, t: Option<Task>) {
     e.notify.kick();
     if let Some(t) = t {
         let mut text = format!("task finished: {}", t.status);
@@ -245,9 +244,7 @@ async fn finished(e: &Engine, uuid: &str, t: Option<Task>) {
             text.push_str("; waits for a rollback decision (rollback or norollback)");
         }
         e.logs.append(&Keys::task(uuid), "", "info", &text);
-        flush_logs(e).await;
     }
-    e.logs.notify();
     log::info!("task {uuid} finished");
 }
 
@@ -527,7 +524,7 @@ async fn run_batch(e: &Arc<Engine>, task: &Task, mut sub: Subtask) -> Result<()>
     // Followers of this batch's logs learn that it ended.
     e.logs.notify();
     if let Some(t) = end {
-        finished(e, &task.uuid, t).await;
+        finished(e, &task.uuid, t);
     }
     Ok(())
 }

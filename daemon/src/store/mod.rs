@@ -147,7 +147,7 @@ impl Store {
         let db = Arc::new(db);
         let store = Store {
             writer: writer::Writer::start(db.clone())?,
-            workers: workers::Workers::start(workers::THREADS)?,
+            workers: workers::Workers::start(workers::threads())?,
             db,
             path,
         };

@@ -8,8 +8,12 @@ use std::panic::AssertUnwindSafe;
 
 type Work = Box<dyn FnOnce() + Send>;
 
-/// Threads of the pool: store reads are short; writes wait on a group commit.
-pub const THREADS: usize = 16;
+/// Threads of the pool: two per core (at least 4, at most 16). Store reads
+/// are short and mostly from memory; more threads would only switch more.
+pub fn threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 2).clamp(4, 16)
+}
 const QUEUE: usize = 4096;
 
 pub(super) struct Workers {
