@@ -11,23 +11,35 @@
 //!   closed for the newcomer, and without an idle one the newcomer gets 503;
 //! - `TCP_NODELAY`: a response goes out in two writes, and the second would
 //!   otherwise wait for the client's delayed ACK (≈40 ms per request on a
-//!   kept-alive connection).
+//!   kept-alive connection);
+//! - memory per connection stays small, since thousands of agents each hold
+//!   a request open: an idle connection waits without a buffer, the head
+//!   buffer grows only as bytes arrive and is dropped once parsed, and a
+//!   plain request (a body of known length, no `Expect`, no upgrade) is
+//!   parsed here and its body read through a buffer no larger than the body
+//!   and released at its end. async-h1's own reader, which keeps two 8 KiB
+//!   buffers for the whole life of a request, reads only the rest (chunked
+//!   bodies, `Expect: 100-continue`, upgrades); its encoder writes every
+//!   answer.
 //!
 //! Stays one file: it is one concern, a connection's life (slot, head,
 //! hand-over to async-h1, linger), and its pieces share private types; the
 //! pure decisions (`scan_head`, `victim`) are already functions with tests.
 
 use crate::state::App;
+use async_h1::server::ConnectionStatus;
 use async_std::net::{TcpListener, TcpStream};
 use event_listener::Event;
-use futures_lite::io::{AsyncRead, AsyncWrite};
+use futures_lite::io::{AsyncBufRead, AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tide::http::{Body, Method, Request, Response, Url};
 
 /// Longest request line (method, target, version); 414 beyond.
 pub const MAX_REQUEST_LINE: usize = 4096;
@@ -43,6 +55,10 @@ pub const MAX_HEADERS: usize = 100;
 const LINGER: Duration = Duration::from_secs(2);
 /// And at most this much of it.
 const LINGER_BYTES: usize = 4 << 20;
+/// The head buffer's first size; it grows up to [`MAX_HEAD`] + 1 if needed.
+const HEAD_CHUNK: usize = 1024;
+/// Largest read buffer of a request body.
+const BODY_CHUNK: usize = 8 * 1024;
 
 /// Requests being answered right now.
 #[derive(Default)]
@@ -134,6 +150,84 @@ pub fn scan_head(buf: &[u8]) -> Head {
         Some(_) => Head::Complete,
         None if buf.len() > MAX_HEAD => Head::TooLarge,
         None => Head::Partial,
+    }
+}
+
+/// What the server makes of a complete request head.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A plain request, answered by [`start_plain`] and [`answer_plain`]:
+    /// the head's length in bytes and the body's length, when announced.
+    Plain {
+        req: Box<Request>,
+        head: usize,
+        body: Option<u64>,
+    },
+    /// A chunked body, `Expect`, an upgrade, another HTTP version or request
+    /// form: async-h1 reads it, as it always did.
+    Other,
+    /// 400 with this text.
+    Bad(String),
+}
+
+/// Parses a complete request head the way async-h1 does (pure).
+pub fn parse_request(buf: &[u8]) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let head = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Other,
+        Err(e) => return Parsed::Bad(format!("malformed request head: {e}")),
+    };
+    let (Some(method), Some(path), Some(1)) = (parsed.method, parsed.path, parsed.version) else {
+        return Parsed::Other;
+    };
+    let Ok(method) = method.parse::<Method>() else {
+        return Parsed::Other;
+    };
+    if !path.starts_with('/') {
+        return Parsed::Other;
+    }
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let leave = ["transfer-encoding", "expect", "upgrade"];
+        if leave.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+            return Parsed::Other;
+        }
+        match std::str::from_utf8(h.value) {
+            Ok(v) if v.is_ascii() => headers.push((h.name, v)),
+            _ => return Parsed::Bad(format!("header {}: the value is not ASCII", h.name)),
+        }
+    }
+    let Some(host) = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| *v)
+    else {
+        return Parsed::Bad("the Host header is missing".to_string());
+    };
+    let Ok(url) = Url::parse(&format!("http://{host}{path}")) else {
+        return Parsed::Bad(format!("invalid request target {path:?} or Host {host:?}"));
+    };
+    let mut body = None;
+    for (n, v) in &headers {
+        if n.eq_ignore_ascii_case("content-length") {
+            match v.trim().parse::<u64>() {
+                Ok(len) if body.is_none_or(|b| b == len) => body = Some(len),
+                Ok(_) => return Parsed::Bad("conflicting Content-Length headers".to_string()),
+                Err(_) => return Parsed::Bad(format!("Content-Length {v:?} is not a number")),
+            }
+        }
+    }
+    let mut req = Request::new(method, url);
+    req.set_version(Some(tide::http::Version::Http1_1));
+    for (n, v) in headers {
+        req.append_header(n, v);
+    }
+    Parsed::Plain {
+        req: Box::new(req),
+        head,
+        body,
     }
 }
 
@@ -306,6 +400,85 @@ impl futures_lite::io::AsyncBufRead for Tracked {
     }
 }
 
+/// The body of a plain request: exactly its announced length, read from the
+/// connection (the bytes that came with the head first) through a buffer
+/// no larger than what is left of the body, released at the end; a request
+/// held open after its body was read keeps no buffer.
+struct BodyReader {
+    conn: Conn,
+    /// Bytes of the body not yet read from the connection.
+    left: u64,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl BodyReader {
+    fn new(conn: Conn, len: u64) -> BodyReader {
+        BodyReader {
+            conn,
+            left: len,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl AsyncBufRead for BodyReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.start == this.end && this.left > 0 {
+            let want = this.left.min(BODY_CHUNK as u64) as usize;
+            if this.buf.len() < want {
+                this.buf.resize(want, 0);
+            }
+            let n = match Pin::new(&mut this.conn).poll_read(cx, &mut this.buf[..want]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(n)) => n,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the connection ended {} bytes before the body", this.left),
+                )));
+            }
+            this.left -= n as u64;
+            (this.start, this.end) = (0, n);
+        }
+        Poll::Ready(Ok(&this.buf[this.start..this.end]))
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        self.start = (self.start + amt).min(self.end);
+        if self.start == self.end && self.left == 0 {
+            self.buf = Vec::new();
+            (self.start, self.end) = (0, 0);
+        }
+    }
+}
+
+impl AsyncRead for BodyReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = match self.as_mut().poll_fill_buf(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(avail)) => {
+                let n = avail.len().min(out.len());
+                out[..n].copy_from_slice(&avail[..n]);
+                n
+            }
+        };
+        self.consume(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
 impl Conn {
     fn take_prefix(&self) -> Vec<u8> {
         let mut p = lock(&self.shared.prefix);
@@ -474,7 +647,8 @@ async fn linger(stream: &TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut s = stream.clone();
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here would make every connection's future 4 KiB larger.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
             match s.read(&mut buf).await {
@@ -491,8 +665,8 @@ async fn linger(stream: &TcpStream) {
 }
 
 enum HeadRead {
-    /// A complete head waits in the connection's prefix.
-    Ready,
+    /// A complete head, and whatever came after it.
+    Ready(Vec<u8>),
     /// The client went away, stayed idle too long, or the connection was
     /// closed for a newcomer.
     Closed,
@@ -521,8 +695,9 @@ async fn read_head(conn: &Conn, slot: &Slot, first: bool, limits: &Limits) -> He
         } else {
             limits.keep_alive_timeout
         };
-        buf.resize(MAX_HEAD + 1, 0);
-        let got = async { Some(stream.read(&mut buf).await) }
+        // Waits without a buffer: idle connections may be many.
+        let mut probe = [0u8; 1];
+        let got = async { Some(stream.peek(&mut probe).await) }
             .or(async {
                 slot.kick.wait().await;
                 None
@@ -533,7 +708,7 @@ async fn read_head(conn: &Conn, slot: &Slot, first: bool, limits: &Limits) -> He
             })
             .await;
         match got {
-            Some(Ok(n)) if n > 0 => buf.truncate(n),
+            Some(Ok(n)) if n > 0 => {}
             _ => return HeadRead::Closed,
         }
     }
@@ -547,10 +722,7 @@ async fn read_head(conn: &Conn, slot: &Slot, first: bool, limits: &Limits) -> He
     };
     loop {
         match scan_head(&buf) {
-            Head::Complete => {
-                conn.set_prefix(buf);
-                return HeadRead::Ready;
-            }
+            Head::Complete => return HeadRead::Ready(buf),
             Head::LineTooLong => {
                 return HeadRead::Refuse(
                     414,
@@ -569,8 +741,9 @@ async fn read_head(conn: &Conn, slot: &Slot, first: bool, limits: &Limits) -> He
             }
             Head::Partial => {}
         }
+        // A partial head is at most MAX_HEAD bytes, so there is room.
         let have = buf.len();
-        buf.resize(MAX_HEAD + 1, 0);
+        buf.resize((have * 2).clamp(HEAD_CHUNK, MAX_HEAD + 1), 0);
         let left = deadline.saturating_duration_since(Instant::now());
         let got = async { Some(stream.read(&mut buf[have..]).await) }
             .or(async {
@@ -595,6 +768,82 @@ async fn read_head(conn: &Conn, slot: &Slot, first: bool, limits: &Limits) -> He
     }
 }
 
+/// Answers an early refusal and closes.
+async fn refuse(conn: &Conn, status: u16, reason: &str, info: &str) {
+    let mut s = conn.stream.clone();
+    let answer = raw_answer(status, reason, info);
+    let written = async { s.write_all(&answer).await.is_ok() }
+        .or(async {
+            async_io::Timer::after(LINGER).await;
+            false
+        })
+        .await;
+    if written {
+        linger(&conn.stream).await;
+    }
+}
+
+/// A request parsed by [`parse_request`], handed to the endpoint (sync, so
+/// that none of it is kept in the connection's future).
+fn start_plain<F, Fut>(
+    conn: &Conn,
+    mut req: Box<Request>,
+    body: Option<u64>,
+    endpoint: &F,
+) -> (Method, bool, Pin<Box<Fut>>)
+where
+    F: Fn(Request) -> Fut,
+{
+    let method = req.method();
+    let close = is_close(req.header("connection"));
+    if let Some(len) = body {
+        let reader = BodyReader::new(conn.clone(), len);
+        req.set_body(Body::from_reader(reader, usize::try_from(len).ok()));
+    }
+    (method, close, Box::pin(endpoint(*req)))
+}
+
+fn is_close(v: Option<&tide::http::headers::HeaderValues>) -> bool {
+    v.is_some_and(|c| c.as_str().eq_ignore_ascii_case("close"))
+}
+
+/// Writes the endpoint's answer: what async-h1's `accept_one` does once it
+/// has a request, without its reader. The answer's future comes boxed: an
+/// async fn keeps a copy of each argument, and this one is large.
+async fn answer_plain<Fut>(
+    conn: &Conn,
+    method: Method,
+    mut close: bool,
+    answer: Pin<Box<Fut>>,
+) -> tide::http::Result<ConnectionStatus>
+where
+    Fut: Future<Output = tide::http::Result<Response>>,
+{
+    let res = answer.await?;
+    close |= is_close(res.header("connection"));
+    // Boxed: only while it writes, not while the answer is awaited.
+    Box::pin(async {
+        let mut out = conn.clone();
+        futures_lite::io::copy(async_h1::server::Encoder::new(res, method), &mut out).await
+    })
+    .await?;
+    Ok(if close {
+        ConnectionStatus::Close
+    } else {
+        ConnectionStatus::KeepAlive
+    })
+}
+
+/// A request on the heap until tide takes it: tide's `respond` keeps its
+/// argument for as long as the request runs, a pointer costs less.
+struct Boxed(Box<Request>);
+
+impl From<Boxed> for Request {
+    fn from(b: Boxed) -> Request {
+        *b.0
+    }
+}
+
 /// One connection: its requests one after another while kept alive.
 async fn connection(
     stream: TcpStream,
@@ -608,7 +857,7 @@ async fn connection(
         shared: Arc::new(Shared::default()),
     };
     let shared = conn.shared.clone();
-    let endpoint = move |mut req: tide::http::Request| {
+    let endpoint = move |mut req: Request| {
         let app = app.clone();
         let shared = shared.clone();
         let guard = inflight.enter();
@@ -621,7 +870,7 @@ async fn connection(
             let len = req.len();
             let body = req.take_body();
             let mime = body.mime().clone();
-            let mut tracked = tide::http::Body::from_reader(
+            let mut tracked = Body::from_reader(
                 Tracked {
                     body,
                     shared: shared.clone(),
@@ -631,8 +880,9 @@ async fn connection(
             tracked.set_mime(mime);
             req.set_body(tracked);
         }
+        let req = Boxed(Box::new(req));
         async move {
-            let mut res: tide::http::Result<tide::http::Response> = app.respond(req).await;
+            let mut res: tide::http::Result<Response> = app.respond(req).await;
             if let Ok(r) = &mut res {
                 let close = r
                     .header("connection")
@@ -647,31 +897,42 @@ async fn connection(
             res
         }
     };
-    let mut server = async_h1::server::Server::new(conn.clone(), endpoint);
     let mut first = true;
     loop {
-        match read_head(&conn, &slot, first, &limits).await {
-            HeadRead::Ready => {}
+        let buf = match read_head(&conn, &slot, first, &limits).await {
+            HeadRead::Ready(buf) => buf,
             HeadRead::Closed => return,
             HeadRead::Refuse(status, reason, info) => {
-                let mut s = conn.stream.clone();
-                let answer = raw_answer(status, reason, &info);
-                let written = async { s.write_all(&answer).await.is_ok() }
-                    .or(async {
-                        async_io::Timer::after(LINGER).await;
-                        false
-                    })
-                    .await;
-                if written {
-                    linger(&conn.stream).await;
-                }
+                refuse(&conn, status, reason, &info).await;
                 return;
             }
-        }
+        };
         first = false;
-        match server.accept_one().await {
-            Ok(async_h1::server::ConnectionStatus::KeepAlive) => {}
-            Ok(async_h1::server::ConnectionStatus::Close) => {
+        let status = match parse_request(&buf) {
+            Parsed::Plain { req, head, body } => {
+                // Only what followed the head stays, in a buffer of its size.
+                conn.set_prefix(buf[head..].to_vec());
+                drop(buf);
+                let (method, close, answer) = start_plain(&conn, req, body, &endpoint);
+                answer_plain(&conn, method, close, answer).await
+            }
+            Parsed::Other => {
+                conn.set_prefix(buf);
+                // Boxed: large, and rarely needed.
+                Box::pin(async {
+                    let mut server = async_h1::server::Server::new(conn.clone(), &endpoint);
+                    server.accept_one().await
+                })
+                .await
+            }
+            Parsed::Bad(info) => {
+                refuse(&conn, 400, "Bad Request", &info).await;
+                return;
+            }
+        };
+        match status {
+            Ok(ConnectionStatus::KeepAlive) => {}
+            Ok(ConnectionStatus::Close) => {
                 if conn.closing() {
                     linger(&conn.stream).await;
                 }
@@ -717,6 +978,123 @@ mod tests {
             scan_head(format!("GET / HTTP/1.1\r\nHost: x\r\n{fine}\r\n").as_bytes()),
             Head::Complete
         );
+    }
+
+    fn plain(head: &str) -> (Request, usize, Option<u64>) {
+        match parse_request(head.as_bytes()) {
+            Parsed::Plain { req, head, body } => (*req, head, body),
+            other => panic!("not plain: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_requests_are_parsed_here() {
+        let (req, head, body) =
+            plain("GET /mon?x=1 HTTP/1.1\r\nHost: jobx:8080\r\nX-A: 1\r\nX-A: 2\r\n\r\nrest");
+        assert_eq!(
+            head,
+            "GET /mon?x=1 HTTP/1.1\r\nHost: jobx:8080\r\nX-A: 1\r\nX-A: 2\r\n\r\n".len()
+        );
+        assert_eq!(body, None);
+        assert_eq!(req.method(), Method::Get);
+        assert_eq!(req.url().as_str(), "http://jobx:8080/mon?x=1");
+        let values: Vec<&str> = req["x-a"].iter().map(|v| v.as_str()).collect();
+        assert_eq!(values, ["1", "2"]);
+        let (req, _, body) = plain(
+            "POST /plugin/agent-pull/v1/poll HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n",
+        );
+        assert_eq!((req.method(), body), (Method::Post, Some(12)));
+        let (_, _, body) =
+            plain("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(body, Some(3));
+    }
+
+    #[test]
+    fn other_requests_are_left_to_async_h1() {
+        for head in [
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            "BREW / HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(head.as_bytes()), Parsed::Other),
+                "{head}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let bad = |head: &str| match parse_request(head.as_bytes()) {
+            Parsed::Bad(info) => info,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            bad("GET / HTTP/1.1\r\nX: 1\r\n\r\n"),
+            "the Host header is missing"
+        );
+        assert_eq!(
+            bad("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: ten\r\n\r\n"),
+            "Content-Length \"ten\" is not a number"
+        );
+        assert_eq!(
+            bad("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            "conflicting Content-Length headers"
+        );
+        assert_eq!(
+            bad("GET / HTTP/1.1\r\nHost: h\r\nX-Name: caf\u{e9}\r\n\r\n"),
+            "header X-Name: the value is not ASCII"
+        );
+        assert!(bad("GET / HTTP/1.1\r\nHo st: h\r\n\r\n").starts_with("malformed request head"));
+    }
+
+    /// A connection whose peer sent `sent`, of which `prefix` bytes were
+    /// already read (as with a head).
+    async fn conn_with(sent: &[u8], prefix: usize) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        client.write_all(&sent[prefix..]).await.expect("write");
+        let conn = Conn {
+            stream: server,
+            shared: Arc::new(Shared::default()),
+        };
+        conn.set_prefix(sent[..prefix].to_vec());
+        (conn, client)
+    }
+
+    #[test]
+    fn bodies_are_read_to_their_length_and_release_their_buffer() {
+        async_std::task::block_on(async {
+            // The body's first bytes came with the head; the next request follows.
+            let sent = b"hello, world!GET";
+            let (conn, _client) = conn_with(sent, 5).await;
+            let mut body = BodyReader::new(conn.clone(), 13);
+            let mut got = Vec::new();
+            body.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"hello, world!");
+            assert_eq!(body.buf.capacity(), 0);
+            let mut next = [0u8; 3];
+            let mut c = conn.clone();
+            c.read_exact(&mut next).await.expect("next request");
+            assert_eq!(&next, b"GET");
+        });
+    }
+
+    #[test]
+    fn a_body_cut_short_is_an_error() {
+        async_std::task::block_on(async {
+            let (conn, client) = conn_with(b"abc", 0).await;
+            drop(client);
+            let mut body = BodyReader::new(conn, 10);
+            let mut got = Vec::new();
+            let err = body.read_to_end(&mut got).await.expect_err("short body");
+            assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        });
     }
 
     #[test]

@@ -4,16 +4,22 @@
 //!
 //! ```text
 //! cargo build --release -p jobxd -p jobx-plugin-agent-pull -p jobx-bench-agent
-//! target/release/jobx-bench-agent --agents 10000 --batch 2000 --jobxd target/release/jobxd
+//! target/release/jobx-bench-agent --agents 10000 --batch 2000 --jobxd target/release/jobxd --rounds 3
+//! # against a baseline build (its plugins beside it), alternating per round:
+//! target/release/jobx-bench-agent --jobxd target/release/jobxd --baseline /tmp/old/jobxd --rounds 5
 //! ```
 //!
-//! It starts jobxd on 127.0.0.1 with a temporary data dir, connects every
-//! agent, waits until all hold a poll, runs one task whose single `cmd`
+//! Each round starts jobxd on 127.0.0.1 with a temporary data dir, connects
+//! every agent, waits until all hold a poll, runs one task whose single `cmd`
 //! step goes to every agent (batches of `--batch` nodes), and reports:
 //! dispatch latency (the daemon queueing a step → the agent receiving it)
 //! p50/p99/max, requests per second while dispatching and while idle, and
-//! the daemon's peak RSS. Everything stays on the loopback interface and
-//! ends by itself (`--deadline`).
+//! the daemon's resident memory before the agents connect, with every poll
+//! held, and its peak. After the rounds it prints the min and median of
+//! peak RSS and dispatch p99 beside the goals (P4: 10,000 agents in less
+//! than 300 MB, p99 below 1 s), and with `--baseline` the min and median of
+//! the ratios jobx / baseline. Everything stays on the loopback interface
+//! and ends by itself (`--deadline`, per round).
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -37,7 +43,14 @@ struct Options {
     idle: Duration,
     /// `[storage] cache_mb` of the daemon; `None` keeps its default.
     cache_mb: Option<u64>,
+    rounds: usize,
+    /// A second jobxd (its plugins beside it) run in alternation with `jobxd`.
+    baseline: Option<String>,
 }
+
+/// The goals (P4): peak resident memory and dispatch p99.
+const GOAL_RSS_MB: f64 = 300.0;
+const GOAL_P99_MS: i64 = 1000;
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -47,6 +60,8 @@ fn parse_args() -> Result<Options, String> {
         deadline: Duration::from_secs(600),
         idle: Duration::from_secs(20),
         cache_mb: None,
+        rounds: 3,
+        baseline: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -64,15 +79,17 @@ fn parse_args() -> Result<Options, String> {
             "--deadline" => o.deadline = Duration::from_secs(num()?),
             "--idle" => o.idle = Duration::from_secs(num()?),
             "--cache-mb" => o.cache_mb = Some(num()?),
+            "--rounds" => o.rounds = num()? as usize,
+            "--baseline" => o.baseline = Some(value.clone()),
             _ => {
                 return Err(format!(
-                    "unknown option {flag}; options: --agents N --batch N --jobxd PATH --deadline SECS --idle SECS --cache-mb N"
+                    "unknown option {flag}; options: --agents N --batch N --jobxd PATH --deadline SECS --idle SECS --cache-mb N --rounds N --baseline PATH"
                 ))
             }
         }
     }
-    if o.agents == 0 || o.batch == 0 {
-        return Err("--agents and --batch must be positive".to_string());
+    if o.agents == 0 || o.batch == 0 || o.rounds == 0 {
+        return Err("--agents, --batch and --rounds must be positive".to_string());
     }
     Ok(o)
 }
@@ -93,15 +110,20 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn start(o: &Options) -> Result<Daemon, String> {
-        let jobxd = std::path::Path::new(&o.jobxd)
+    fn start(o: &Options, jobxd: &str) -> Result<Daemon, String> {
+        let jobxd = std::path::Path::new(jobxd)
             .canonicalize()
-            .map_err(|e| format!("{}: {e}", o.jobxd))?;
+            .map_err(|e| format!("{jobxd}: {e}"))?;
         let plugins = jobxd
             .parent()
             .ok_or("jobxd has no directory")?
             .to_path_buf();
-        let dir = std::env::temp_dir().join(format!("jobx-bench-{}", std::process::id()));
+        static ROUND: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "jobx-bench-{}-{}",
+            std::process::id(),
+            ROUND.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let agents: Vec<String> = (0..o.agents)
             .map(|i| format!("{{ name = \"a{i}\", token = \"tok-{i}\" }}"))
@@ -419,13 +441,35 @@ fn wait_until(
     }
 }
 
-fn run(o: Options) -> Result<(), String> {
+/// What one round measured.
+struct Figures {
+    /// Resident memory (KiB) with the inventory set up, before any agent.
+    base_kib: u64,
+    /// Resident memory (KiB) with every agent holding a poll.
+    idle_kib: u64,
+    /// Resident memory (KiB) after the dispatch.
+    after_kib: u64,
+    /// Peak resident memory (KiB) of the round.
+    peak_kib: u64,
+    p50: i64,
+    p99: i64,
+    max: i64,
+    dispatch_s: f64,
+    dispatch_rps: f64,
+    idle_rps: f64,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// One daemon, every agent connected, one task to all of them.
+fn round(o: &Options, jobxd: &str) -> Result<Figures, String> {
     let end = Instant::now() + o.deadline;
-    raise_fd_limit();
-    let daemon = Daemon::start(&o)?;
+    let daemon = Daemon::start(o, jobxd)?;
     let addr = daemon.addr;
     println!(
-        "jobxd on {addr}, {} agents, batches of {}",
+        "jobxd {jobxd} on {addr}, {} agents, batches of {}",
         o.agents, o.batch
     );
 
@@ -453,6 +497,7 @@ fn run(o: Options) -> Result<(), String> {
         "/job/1",
         Some(json!({"name": "bench", "steps": [{"plugin": "agent-pull", "script": "true"}]})),
     )?;
+    let (_, base_kib) = daemon.rss();
 
     // The agents run on their own thread, one executor, one task each.
     let stats = Arc::new(Stats::default());
@@ -477,15 +522,25 @@ fn run(o: Options) -> Result<(), String> {
             stop.set(true);
         }));
     });
+    // Stops the agents however the round ends.
+    let stop_agents = |daemon: Daemon| {
+        let _ = stop_tx.send(());
+        drop(daemon);
+        let _ = agents_thread.join();
+    };
 
     let t0 = Instant::now();
-    wait_until("every agent to poll", end, || {
+    let connected = wait_until("every agent to poll", end, || {
         let list = daemon.api("GET", "/plugin/agent-pull/agents", None)?;
         let waiting = list["data"]
             .as_array()
             .map_or(0, |a| a.iter().filter(|x| x["waiting"] == true).count());
         Ok(waiting == o.agents)
-    })?;
+    });
+    if let Err(e) = connected {
+        stop_agents(daemon);
+        return Err(e);
+    }
     println!(
         "all {} agents connected and polling after {:.1} s",
         o.agents,
@@ -498,33 +553,38 @@ fn run(o: Options) -> Result<(), String> {
     std::thread::sleep(o.idle.min(end.saturating_duration_since(Instant::now())));
     let idle_rps =
         (stats.requests.load(Ordering::Relaxed) - r0) as f64 / i0.elapsed().as_secs_f64();
-    let (idle_peak, idle_rss) = daemon.rss();
+    let (idle_peak, idle_kib) = daemon.rss();
 
     // Dispatch: one step to every agent.
     let r1 = stats.requests.load(Ordering::Relaxed);
     let d0 = Instant::now();
-    let task = daemon.api(
-        "POST",
-        "/task/1/job/byname",
-        Some(json!({"jobname": "bench", "group": "all"})),
-    )?;
-    let uuid = task["uuid"].as_str().ok_or("no task uuid")?.to_string();
     let mut status = String::new();
-    wait_until("the task to finish", end, || {
-        let t = daemon.api("GET", &format!("/task/1/{uuid}"), None)?;
-        status = t["data"]["status"].as_str().unwrap_or("").to_string();
-        Ok(status == "success" || status == "fail")
-    })?;
-    let dispatch = d0.elapsed().as_secs_f64();
-    let dispatch_rps = (stats.requests.load(Ordering::Relaxed) - r1) as f64 / dispatch;
-    let (peak, rss) = daemon.rss();
+    let mut uuid = String::new();
+    let dispatched = daemon
+        .api(
+            "POST",
+            "/task/1/job/byname",
+            Some(json!({"jobname": "bench", "group": "all"})),
+        )
+        .and_then(|task| {
+            uuid = task["uuid"].as_str().ok_or("no task uuid")?.to_string();
+            wait_until("the task to finish", end, || {
+                let t = daemon.api("GET", &format!("/task/1/{uuid}"), None)?;
+                status = t["data"]["status"].as_str().unwrap_or("").to_string();
+                Ok(status == "success" || status == "fail")
+            })
+        });
+    if let Err(e) = dispatched {
+        stop_agents(daemon);
+        return Err(e);
+    }
+    let dispatch_s = d0.elapsed().as_secs_f64();
+    let dispatch_rps = (stats.requests.load(Ordering::Relaxed) - r1) as f64 / dispatch_s;
+    let (peak, after_kib) = daemon.rss();
     // Counted now: stopping the daemon breaks every held poll.
     let errors = stats.errors.load(Ordering::Relaxed);
     let failures = stats.failures.lock().map(|f| f.clone()).unwrap_or_default();
-
-    let _ = stop_tx.send(());
-    drop(daemon);
-    let _ = agents_thread.join();
+    stop_agents(daemon);
 
     let mut lat = stats
         .latencies_ms
@@ -532,20 +592,38 @@ fn run(o: Options) -> Result<(), String> {
         .map(|l| l.clone())
         .unwrap_or_default();
     lat.sort_unstable();
-    println!("task {uuid}: {status} in {dispatch:.1} s");
+    let f = Figures {
+        base_kib,
+        idle_kib,
+        after_kib,
+        peak_kib: peak.max(idle_peak),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(0),
+        dispatch_s,
+        dispatch_rps,
+        idle_rps,
+    };
+    println!("task {uuid}: {status} in {:.1} s", f.dispatch_s);
     println!(
-        "dispatch latency (queued → received), {} steps: p50 {} ms, p99 {} ms (goal < 1000 ms), max {} ms",
+        "dispatch latency (queued → received), {} steps: p50 {} ms, p99 {} ms (goal < {GOAL_P99_MS} ms), max {} ms",
         lat.len(),
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(0)
+        f.p50,
+        f.p99,
+        f.max
     );
-    println!("requests/s: {dispatch_rps:.0} while dispatching, {idle_rps:.1} while idle");
     println!(
-        "jobxd RSS: {:.1} MiB idle with every poll held, {:.1} MiB after dispatch, peak {:.1} MiB (goal < 300 MiB)",
-        idle_rss as f64 / 1024.0,
-        rss as f64 / 1024.0,
-        peak.max(idle_peak) as f64 / 1024.0
+        "requests/s: {:.0} while dispatching, {:.1} while idle",
+        f.dispatch_rps, f.idle_rps
+    );
+    println!(
+        "jobxd RSS: {:.1} MiB before the agents, {:.1} MiB with every poll held ({:.1} KiB per held poll), {:.1} MiB after dispatch, peak {:.1} MiB (goal < {GOAL_RSS_MB} MB = {:.1} MiB)",
+        mib(f.base_kib),
+        mib(f.idle_kib),
+        f.idle_kib.saturating_sub(f.base_kib) as f64 / o.agents as f64,
+        mib(f.after_kib),
+        mib(f.peak_kib),
+        GOAL_RSS_MB * 1e6 / 1048576.0
     );
     println!("agent-side errors (reconnects, refused requests): {errors}");
     for (what, n) in failures {
@@ -557,6 +635,79 @@ fn run(o: Options) -> Result<(), String> {
             o.agents,
             lat.len()
         ));
+    }
+    Ok(f)
+}
+
+/// Min and median of some figures.
+fn min_median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let median = match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    (v.first().copied().unwrap_or(0.0), median)
+}
+
+/// Prints min and median of a build's rounds beside the goals.
+fn summary(label: &str, rounds: &[Figures]) {
+    let peak = min_median(rounds.iter().map(|f| mib(f.peak_kib)).collect());
+    let idle = min_median(rounds.iter().map(|f| mib(f.idle_kib)).collect());
+    let p99 = min_median(rounds.iter().map(|f| f.p99 as f64).collect());
+    let goal_mib = GOAL_RSS_MB * 1e6 / 1048576.0;
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!("{label}, {} round(s), min / median:", rounds.len());
+    println!(
+        "  peak RSS      {:7.1} / {:7.1} MiB   goal < {GOAL_RSS_MB} MB ({goal_mib:.1} MiB): {}",
+        peak.0,
+        peak.1,
+        met(peak.1 < goal_mib)
+    );
+    println!("  RSS, polls held {:5.1} / {:7.1} MiB", idle.0, idle.1);
+    println!(
+        "  dispatch p99  {:7.0} / {:7.0} ms    goal < {GOAL_P99_MS} ms: {}",
+        p99.0,
+        p99.1,
+        met(p99.1 < GOAL_P99_MS as f64)
+    );
+}
+
+fn run(o: Options) -> Result<(), String> {
+    raise_fd_limit();
+    let mut mine = Vec::new();
+    let mut base = Vec::new();
+    for r in 0..o.rounds {
+        println!("\n== round {} of {}", r + 1, o.rounds);
+        // Alternate which goes first, so drift in the machine's load
+        // does not favour one of them.
+        let order: Vec<(&str, bool)> = match &o.baseline {
+            None => vec![(o.jobxd.as_str(), false)],
+            Some(b) if r % 2 == 0 => vec![(o.jobxd.as_str(), false), (b.as_str(), true)],
+            Some(b) => vec![(b.as_str(), true), (o.jobxd.as_str(), false)],
+        };
+        for (path, is_base) in order {
+            let f = round(&o, path)?;
+            if is_base {
+                base.push(f);
+            } else {
+                mine.push(f);
+            }
+        }
+    }
+    println!();
+    summary(&format!("jobx ({})", o.jobxd), &mine);
+    if let Some(b) = &o.baseline {
+        summary(&format!("baseline ({b})"), &base);
+        let ratio = |f: &dyn Fn(&Figures) -> f64| {
+            min_median(mine.iter().zip(&base).map(|(m, b)| f(m) / f(b)).collect())
+        };
+        let peak = ratio(&|f| f.peak_kib as f64);
+        let p99 = ratio(&|f| f.p99.max(1) as f64);
+        println!(
+            "ratio jobx / baseline, min / median: peak RSS {:.2} / {:.2}, dispatch p99 {:.2} / {:.2}",
+            peak.0, peak.1, p99.0, p99.1
+        );
     }
     Ok(())
 }
