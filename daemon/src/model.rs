@@ -335,18 +335,80 @@ pub struct TaskBrief {
 }
 
 impl TaskBrief {
-    pub fn is_finished(&self) -> bool {
-        self.status.is_final()
-    }
-
     pub fn runtime(&self) -> Option<String> {
         runtime(self.start_ms, self.finish_ms, crate::clock::now_ms())
+    }
+
+    pub fn view(&self) -> BriefView<'_> {
+        BriefView {
+            id: self.id,
+            projectid: self.projectid,
+            created_ms: self.created_ms,
+            start_ms: self.start_ms,
+            finish_ms: self.finish_ms,
+            status: self.status,
+            decision: self.decision,
+            action: self.action,
+            stopped: self.stopped,
+            uuid: &self.uuid,
+            name: &self.name,
+            user: &self.user,
+            members: &self.members,
+        }
+    }
+
+    /// See `BriefView::waits_for_nothing`.
+    pub fn waits_for_nothing(&self) -> bool {
+        self.view().waits_for_nothing()
+    }
+
+    /// See `BriefView::write_row`.
+    pub fn write_row(&self, waiting: Option<&Waiting>, now: i64, out: &mut Vec<u8>) {
+        self.view().write_row(waiting, now, out)
+    }
+}
+
+/// A brief read in place (its texts borrowed from the stored bytes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BriefView<'a> {
+    pub id: u64,
+    pub projectid: u64,
+    pub created_ms: i64,
+    pub start_ms: Option<i64>,
+    pub finish_ms: Option<i64>,
+    pub status: TaskStatus,
+    pub decision: Decision,
+    pub action: Action,
+    pub stopped: bool,
+    pub uuid: &'a str,
+    pub name: &'a str,
+    pub user: &'a str,
+    pub members: &'a str,
+}
+
+impl BriefView<'_> {
+    pub fn to_brief(&self) -> TaskBrief {
+        TaskBrief {
+            id: self.id,
+            projectid: self.projectid,
+            created_ms: self.created_ms,
+            start_ms: self.start_ms,
+            finish_ms: self.finish_ms,
+            status: self.status,
+            decision: self.decision,
+            action: self.action,
+            stopped: self.stopped,
+            uuid: self.uuid.to_string(),
+            name: self.name.to_string(),
+            user: self.user.to_string(),
+            members: self.members.to_string(),
+        }
     }
 
     /// Whether what the task waits for can be told without its row: a
     /// finished task without a pending rollback decision waits for nothing.
     pub fn waits_for_nothing(&self) -> bool {
-        self.is_finished() && self.decision != Decision::Pending
+        self.status.is_final() && self.decision != Decision::Pending
     }
 
     /// Appends the task's API row (a JSON object) to `out`.

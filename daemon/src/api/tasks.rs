@@ -5,7 +5,7 @@ use super::*;
 use crate::engine::NewTask;
 use crate::logs::{page, parse_key, KeyKind};
 use crate::model::{Opinion, Subtask, Task, TaskBrief, TaskStatus, Waiting};
-use crate::store::TaskFilter;
+use crate::store::{PageRow, TaskFilter};
 
 pub fn routes(s: &mut tide::Server<Arc<App>>) {
     s.at("/task/:projectid").get(task_list);
@@ -59,7 +59,7 @@ struct Envelope<T> {
 
 /// The body of a task list: each row copied from its brief with the
 /// members of the moment added (no JSON tree, no decoding of the rows).
-fn task_rows_body(briefs: &[TaskBrief], waiting: &[Option<Waiting>]) -> tide::Response {
+fn task_rows_body(briefs: &[TaskBrief], waiting: &[Option<Waiting>]) -> Vec<u8> {
     let now = crate::clock::now_ms();
     let size: usize = briefs.iter().map(|b| b.members.len() + 200).sum();
     let mut out = Vec::with_capacity(size + 32);
@@ -71,9 +71,13 @@ fn task_rows_body(briefs: &[TaskBrief], waiting: &[Option<Waiting>]) -> tide::Re
         b.write_row(w.as_ref(), now, &mut out);
     }
     out.extend_from_slice(b"],\"stat\":true}");
+    out
+}
+
+fn json_body(body: Vec<u8>) -> tide::Response {
     let mut r = tide::Response::new(200);
     r.set_content_type(mime::JSON);
-    r.set_body(out);
+    r.set_body(body);
     r
 }
 
@@ -178,6 +182,9 @@ async fn task_list_inner(req: Req) -> Result<tide::Response> {
         .get("allowslavenull")
         .is_some_and(|v| !v.is_empty() && v != "0");
     let rows = run(req.state(), move |app| {
+        if !waiting && !placeholders {
+            return Ok(Err(list_page(app, pid, &f)?));
+        }
         let mut briefs: Vec<TaskBrief> = if waiting {
             let tasks = app.engine.waiting_tasks(pid, &f)?;
             tasks.iter().map(Task::brief).collect()
@@ -188,7 +195,7 @@ async fn task_list_inner(req: Req) -> Result<tide::Response> {
         briefs.reverse();
         let waiting = app.engine.briefs_waiting(&briefs)?;
         if !placeholders {
-            return Ok(Err((briefs, waiting)));
+            return Ok(Err(task_rows_body(&briefs, &waiting)));
         }
         let mut tasks = Vec::with_capacity(briefs.len());
         let mut rows = Vec::with_capacity(briefs.len());
@@ -206,8 +213,38 @@ async fn task_list_inner(req: Req) -> Result<tide::Response> {
             data: values,
             stat: true,
         }),
-        Err((briefs, waiting)) => task_rows_body(&briefs, &waiting),
+        Err(body) => json_body(body),
     })
+}
+
+/// The body of a plain list page: rows written as the store reads them,
+/// the few that may wait completed here, then put in ascending id order.
+fn list_page(app: &App, pid: u64, f: &TaskFilter) -> Result<Vec<u8>> {
+    let now = crate::clock::now_ms();
+    let mut page = app.store.task_page(pid, f, now)?;
+    let mut ranges = Vec::with_capacity(page.rows.len());
+    for row in page.rows {
+        match row {
+            PageRow::Written(r) => ranges.push(r),
+            PageRow::Waits(b) => {
+                let w = app.engine.briefs_waiting(std::slice::from_ref(&b))?;
+                let start = page.bytes.len();
+                b.write_row(w.first().and_then(Option::as_ref), now, &mut page.bytes);
+                ranges.push(start..page.bytes.len());
+            }
+        }
+    }
+    // Read newest first; OPEN-C3 answers in ascending id.
+    let mut out = Vec::with_capacity(page.bytes.len() + ranges.len() + 32);
+    out.extend_from_slice(b"{\"data\":[");
+    for (i, r) in ranges.into_iter().rev().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&page.bytes[r]);
+    }
+    out.extend_from_slice(b"],\"stat\":true}");
+    Ok(out)
 }
 
 async fn task_count(req: Req) -> Result<Reply> {

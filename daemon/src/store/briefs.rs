@@ -8,7 +8,7 @@
 //! flags (1: start_ms, 2: finish_ms, 4: stopped); then uuid, name, user and
 //! members, each as a 4-byte length and UTF-8 bytes.
 
-use crate::model::{Action, Decision, TaskBrief, TaskStatus};
+use crate::model::{Action, BriefView, Decision, TaskBrief, TaskStatus};
 
 const VERSION: u8 = 1;
 /// The form of the stored briefs (recorded in `meta`; another form is rewritten at start).
@@ -67,14 +67,19 @@ impl<'a> Reader<'a> {
         Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 
-    fn text(&mut self) -> Option<String> {
+    fn text(&mut self) -> Option<&'a str> {
         let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
+        std::str::from_utf8(self.take(n)?).ok()
     }
 }
 
 /// The brief in `bytes`; `None` if they are not a brief this build reads.
 pub(super) fn decode(bytes: &[u8]) -> Option<TaskBrief> {
+    decode_view(bytes).map(|v| v.to_brief())
+}
+
+/// The brief in `bytes`, its texts borrowed from them.
+pub(super) fn decode_view(bytes: &[u8]) -> Option<BriefView<'_>> {
     let mut r = Reader(bytes);
     if r.u8()? != VERSION {
         return None;
@@ -85,7 +90,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<TaskBrief> {
     let decision = *Decision::ALL.get(r.u8()? as usize)?;
     let action = *Action::ALL.get(r.u8()? as usize)?;
     let flags = r.u8()?;
-    let b = TaskBrief {
+    let b = BriefView {
         id,
         projectid,
         created_ms,

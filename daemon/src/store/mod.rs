@@ -18,7 +18,7 @@ mod writer;
 pub use compat::NamedTask;
 pub use log_codec::Stream as LogStream;
 pub use logs::NewLog;
-pub use tasks::{TaskFilter, Tx};
+pub use tasks::{PageRow, TaskFilter, Tx};
 
 use crate::error::{Error, Result};
 use crate::model::OpLog;

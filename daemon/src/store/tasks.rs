@@ -11,7 +11,7 @@
 
 use super::briefs;
 use super::*;
-use crate::model::{Approval, Subtask, Task, TaskBrief, TaskStatus};
+use crate::model::{Approval, BriefView, Subtask, Task, TaskBrief, TaskStatus};
 
 pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 pub(super) const TASK_INDEX: TableDefinition<(u64, u64), &str> = TableDefinition::new("task_index");
@@ -214,8 +214,8 @@ impl TaskFilter {
         self.matches_fields(&t.name, &t.user, t.status, &t.uuid, t.created_ms)
     }
 
-    pub fn matches_brief(&self, t: &TaskBrief) -> bool {
-        self.matches_fields(&t.name, &t.user, t.status, &t.uuid, t.created_ms)
+    pub fn matches_view(&self, t: &BriefView<'_>) -> bool {
+        self.matches_fields(t.name, t.user, t.status, t.uuid, t.created_ms)
     }
 
     fn matches_fields(
@@ -233,6 +233,20 @@ impl TaskFilter {
             && self.from_ms.is_none_or(|f| created_ms >= f)
             && self.to_ms.is_none_or(|e| created_ms < e)
     }
+}
+
+/// A page of the task list, newest first (`Store::task_page`).
+pub struct TaskPage {
+    /// The rows written so far, one after the other.
+    pub bytes: Vec<u8>,
+    pub rows: Vec<PageRow>,
+}
+
+pub enum PageRow {
+    /// A row in `TaskPage::bytes`.
+    Written(std::ops::Range<usize>),
+    /// A task that may wait for something: its row is not written yet.
+    Waits(TaskBrief),
 }
 
 /// Tasks whose briefs one backfill transaction writes at most.
@@ -294,16 +308,54 @@ impl Store {
         })
     }
 
-    /// The briefs of a project's tasks, newest first, filtered. With a time
-    /// filter the time index bounds the scan (order: creation time, which
-    /// follows ids). Memory stays bounded by the limit however many match.
+    /// The briefs of a project's tasks, newest first, filtered (see `scan`).
     pub fn tasks(&self, project: u64, f: &TaskFilter) -> Result<Vec<TaskBrief>> {
+        let mut out = Vec::new();
+        self.scan(project, f, |b| {
+            out.push(b.to_brief());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// A page of a project's task list, newest first, filtered: the rows
+    /// of tasks that wait for nothing are written out as they are read
+    /// (their texts are never copied out of the store's pages); the others
+    /// come back as briefs, for the caller to learn what they wait for.
+    pub fn task_page(&self, project: u64, f: &TaskFilter, now: i64) -> Result<TaskPage> {
+        let mut page = TaskPage {
+            bytes: Vec::with_capacity(f.limit.min(1000) * 700),
+            rows: Vec::with_capacity(f.limit.min(10_000)),
+        };
+        self.scan(project, f, |b| {
+            if b.waits_for_nothing() {
+                let start = page.bytes.len();
+                b.write_row(None, now, &mut page.bytes);
+                page.rows.push(PageRow::Written(start..page.bytes.len()));
+            } else {
+                page.rows.push(PageRow::Waits(b.to_brief()));
+            }
+            Ok(())
+        })?;
+        Ok(page)
+    }
+
+    /// Visits the briefs of a project's tasks, newest first, that match
+    /// `f`, at most `f.limit` of them. With a time filter the time index
+    /// bounds the scan (order: creation time, which follows ids). Memory
+    /// stays bounded by the limit however many match.
+    fn scan(
+        &self,
+        project: u64,
+        f: &TaskFilter,
+        mut visit: impl FnMut(BriefView<'_>) -> Result<()>,
+    ) -> Result<()> {
         self.read(|tx| {
             let briefs = tx.open_table(TASK_BRIEFS)?;
-            let mut out = Vec::new();
             let hi = f.before_id.map(|b| b.saturating_sub(1)).unwrap_or(u64::MAX);
+            let mut n = 0;
             if f.limit == 0 {
-                return Ok(out);
+                return Ok(());
             }
             if f.from_ms.is_some() || f.to_ms.is_some() {
                 let lo = f.from_ms.unwrap_or(i64::MIN);
@@ -315,28 +367,32 @@ impl Store {
                     if id > hi {
                         continue;
                     }
-                    if let Some(b) = brief_at(&briefs, project, id)? {
-                        if f.matches_brief(&b) {
-                            out.push(b);
-                            if out.len() >= f.limit {
-                                break;
-                            }
+                    let Some(v) = briefs.get((project, id))? else {
+                        continue;
+                    };
+                    let b = briefs::decode_view(v.value()).ok_or_else(|| damaged((project, id)))?;
+                    if f.matches_view(&b) {
+                        visit(b)?;
+                        n += 1;
+                        if n >= f.limit {
+                            break;
                         }
                     }
                 }
             } else {
                 for row in briefs.range((project, 0)..=(project, hi))?.rev() {
                     let (k, v) = row?;
-                    let b = briefs::decode(v.value()).ok_or_else(|| damaged(k.value()))?;
-                    if f.matches_brief(&b) {
-                        out.push(b);
-                        if out.len() >= f.limit {
+                    let b = briefs::decode_view(v.value()).ok_or_else(|| damaged(k.value()))?;
+                    if f.matches_view(&b) {
+                        visit(b)?;
+                        n += 1;
+                        if n >= f.limit {
                             break;
                         }
                     }
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
@@ -618,6 +674,46 @@ mod tests {
         assert_eq!((counts["init"], counts["fail"]), (2, 1));
         // Another project's tasks are not listed.
         assert!(s.tasks(6, &f(None, None)).expect("list").is_empty());
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_page_writes_the_rows_of_tasks_that_wait_for_nothing() {
+        let dir = temp_dir("page");
+        let s = Store::open(&dir).expect("open");
+        for (i, status) in [TaskStatus::Success, TaskStatus::Running, TaskStatus::Fail]
+            .into_iter()
+            .enumerate()
+        {
+            let mut t = task(9, &format!("Page{i:07}x"), "job");
+            t.status = status;
+            t.finish_ms = status.is_final().then_some(2_000);
+            s.tx(|tx| tx.insert_task(&mut t, &mut [])).expect("insert");
+        }
+        let f = TaskFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        let page = s.task_page(9, &f, 5_000).expect("page");
+        let kinds: Vec<String> = page
+            .rows
+            .iter()
+            .map(|r| match r {
+                PageRow::Written(r) => {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&page.bytes[r.clone()]).expect("a JSON row");
+                    let t = s
+                        .task(v["uuid"].as_str().expect("uuid"))
+                        .expect("read")
+                        .expect("task");
+                    assert_eq!(v, t.to_api(None));
+                    format!("row {}", v["status"].as_str().unwrap_or(""))
+                }
+                PageRow::Waits(b) => format!("waits? {}", b.status),
+            })
+            .collect();
+        assert_eq!(kinds, ["row fail", "waits? running", "row success"]);
         drop(s);
         let _ = std::fs::remove_dir_all(dir);
     }
