@@ -218,10 +218,11 @@ impl Reaper {
             return;
         }
         if let Some((mut child, tx)) = self.proc.take() {
-            // SIGKILL: its EOF code must not run, the groups still live.
-            drop(tx);
+            // SIGKILL before its pipe closes: its EOF code must not run, the
+            // groups still live.
             let _ = child.kill();
             let _ = child.wait();
+            drop(tx);
         }
         self.buf.clear();
         let mut all = Vec::new();
@@ -435,6 +436,30 @@ mod tests {
         drop(tx);
         let _ = child.wait();
         wait_until("group killed", || gone(a.id()));
+        let _ = a.wait();
+    }
+
+    /// Replacing a reaper that still runs (counted as stuck) must not let
+    /// it see EOF: it is killed before its pipe closes, so the groups live
+    /// on, guarded by the new one. The old one has been waited for when
+    /// `flush` returns, so a kill by it would already show.
+    #[test]
+    fn replacing_a_running_reaper_leaves_the_groups_alone() {
+        let mut a = group();
+        let pa = Pid::from_raw(a.id() as i32).unwrap();
+        let script = PathBuf::from("/nonexistent/jobx-replaced.script");
+        let mut reaper = Reaper::spawn(&std::env::temp_dir()).unwrap();
+        reaper.added(pa, &script);
+        reaper.flush(std::iter::empty());
+        let first = reaper.proc.as_ref().unwrap().0.id();
+        reaper.lost();
+        reaper.flush([(pa, script.as_path())].into_iter());
+        assert!(gone(first), "the old reaper still runs");
+        assert!(!gone(a.id()), "the old reaper killed a live group");
+        let (mut child, tx) = reaper.proc.take().expect("a new reaper");
+        drop(tx);
+        let _ = child.wait();
+        wait_until("group killed by the new reaper", || gone(a.id()));
         let _ = a.wait();
     }
 
