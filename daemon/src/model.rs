@@ -387,7 +387,7 @@ pub struct BriefView<'a> {
 }
 
 impl BriefView<'_> {
-    pub fn to_brief(&self) -> TaskBrief {
+    pub fn to_brief(self) -> TaskBrief {
         TaskBrief {
             id: self.id,
             projectid: self.projectid,
