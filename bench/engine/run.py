@@ -62,6 +62,23 @@ def live_children_cpu(pid):
     return total
 
 
+def reaper_cpu(pid):
+    """CPU seconds of the local executor's reaper (a live child of the daemon)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"jobx-local-reaper" not in f.read():
+                    continue
+            ppid, ut, st, _, _ = stat_fields(entry)
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            return ut + st
+    return 0.0
+
+
 def daemon_cpu(pid):
     """(own CPU, children CPU incl. live children) of the daemon, seconds."""
     _, ut, st, cut, cst = stat_fields(pid)
@@ -155,6 +172,7 @@ def main():
         call(base, "POST", "/job/1", {"name": "true", "steps": [{"plugin": "local", "script": "true"}]})
         print(f"{n} nodes x `true`, 10% batches, {args.rounds} rounds (jobx and the bare loop alternate)")
         threads0 = thread_cpu(d.pid)
+        reaper0 = reaper_cpu(d.pid)
         for r in range(1, args.rounds + 1):
             wall, own, kids, batches = run_jobx(base, d.pid, n)
             bare, bare_kids = bare_loop(n, batches)
@@ -164,6 +182,8 @@ def main():
                   f"children {ms(kids)}/node) | bare {bare:.2f} s (children {ms(bare_kids)}/node) "
                   f"| ratio {ratio:.2f}x")
         threads1 = thread_cpu(d.pid)
+        print(f"the local executor's reaper (part of children): "
+              f"{ms((reaper_cpu(d.pid) - reaper0) / (n * len(rows)))}/node")
         spent = sorted(((threads1[k] - threads0.get(k, 0.0), k) for k in threads1), reverse=True)
         total = n * len(rows)
         print("daemon CPU per node by thread: " + ", ".join(
