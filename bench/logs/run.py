@@ -82,8 +82,15 @@ def children_cpu():
     return t.children_user + t.children_system
 
 
-def store_bytes(data_dir):
-    return os.path.getsize(os.path.join(data_dir, "jobx.redb"))
+def log_bytes(base):
+    """What step logs occupy in the store (jobx_store_log_bytes in /metrics);
+    the file itself grows in doublings, so its size says little."""
+    req = urllib.request.Request(base + "/metrics", headers={"Authorization": "Bearer " + TOKEN})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("jobx_store_log_bytes "):
+                return int(line.split()[1])
+    sys.exit("no jobx_store_log_bytes in /metrics")
 
 
 def run_jobx(base, pid, data_dir, job, step_key_of):
@@ -169,17 +176,16 @@ def main():
             wall, peak, last, cpu = run_jobx(base, d.pid, data_dir, "flood", step_key_of)
             base_wall = baseline(tmp, script)
             mbps = kept / wall / 1e6
-            # The whole store against all output kept so far (the file grows
-            # in steps, so one round's growth alone is noisy).
-            ratio = store_bytes(data_dir) / (kept * r)
-            grown = store_bytes(data_dir)
+            # The logs' pages against all output kept so far.
+            grown = log_bytes(base)
+            ratio = grown / (kept * r)
             # Besides the lines, the step's key holds jobx's header, the
             # node's exit code and the step's result.
             lost = lines + 3 - last
             rows.append((mbps, peak, ratio, wall / base_wall))
             print(f"round {r}: jobx {wall:6.2f} s = {mbps:6.1f} MB/s (awk > file {base_wall:5.2f} s = "
                   f"{kept / base_wall / 1e6:6.1f} MB/s), peak RSS {peak:6.1f} MiB, "
-                  f"store {grown / 1e6:7.1f} MB = {ratio:5.3f}x the output so far, records {last} "
+                  f"logs in store {grown / 1e6:7.1f} MB = {ratio:5.3f}x the output so far, records {last} "
                   f"({'none lost' if lost == 0 else f'{lost} missing'})")
             print("         daemon CPU: " + ", ".join(f"{k} {v:.1f} s" for v, k in cpu[:4] if v > 0.05))
         col = lambda i: [x[i] for x in rows]

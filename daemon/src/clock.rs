@@ -4,7 +4,11 @@ use chrono::{Local, TimeZone};
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    // Called per log line: the system clock directly, without calendar math.
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in the host's local time.

@@ -182,7 +182,13 @@ impl Metrics {
     }
 
     /// Prometheus text format.
-    pub fn render(&self, tasks: &[(String, u64)], waiting: u64, store_bytes: u64) -> String {
+    pub fn render(
+        &self,
+        tasks: &[(String, u64)],
+        waiting: u64,
+        store_bytes: u64,
+        log_bytes: u64,
+    ) -> String {
         let mut s = String::new();
         let esc = |v: &str| {
             v.replace('\\', "\\\\")
@@ -248,6 +254,11 @@ impl Metrics {
             "# HELP jobx_store_bytes Size of jobx.redb.\n# TYPE jobx_store_bytes gauge"
         );
         let _ = writeln!(s, "jobx_store_bytes {store_bytes}");
+        let _ = writeln!(
+            s,
+            "# HELP jobx_store_log_bytes Bytes of the store that step logs occupy.\n# TYPE jobx_store_log_bytes gauge"
+        );
+        let _ = writeln!(s, "jobx_store_log_bytes {log_bytes}");
         s
     }
 }
@@ -326,9 +337,10 @@ mod tests {
     fn render_escapes_labels() {
         let m = Metrics::default();
         m.step("lo\"cal", true, 1.5);
-        let out = m.render(&[("success".into(), 2)], 1, 4096);
+        let out = m.render(&[("success".into(), 2)], 1, 4096, 1024);
         assert!(out.contains("jobx_tasks{status=\"success\"} 2"));
         assert!(out.contains("plugin=\"lo\\\"cal\""));
         assert!(out.contains("jobx_store_bytes 4096"));
+        assert!(out.contains("jobx_store_log_bytes 1024"));
     }
 }

@@ -260,15 +260,19 @@ async fn metrics(req: Req) -> Result<Reply> {
         principal(&req)?;
     }
     let a2 = app.clone();
-    let (tasks, waiting) = blocking::unblock(move || {
-        Ok::<_, Error>((a2.store.task_status_counts()?, a2.engine.waiting_batches()?))
+    let (tasks, waiting, log_bytes) = blocking::unblock(move || {
+        Ok::<_, Error>((
+            a2.store.task_status_counts()?,
+            a2.engine.waiting_batches()?,
+            a2.store.log_bytes()?,
+        ))
     })
     .await?;
     let size = std::fs::metadata(app.store.path())
         .map(|m| m.len())
         .unwrap_or(0);
     Ok(Reply::Text(
-        app.engine.metrics.render(&tasks, waiting, size),
+        app.engine.metrics.render(&tasks, waiting, size, log_bytes),
     ))
 }
 

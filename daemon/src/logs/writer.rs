@@ -161,7 +161,11 @@ impl LogWriter {
     /// Queues one line of step output, waiting first while the queue is
     /// full (back-pressure on the producer).
     pub fn append_output(&self, k: &KeyedLog, node: &Arc<str>, stream: LogStream, text: &[u8]) {
-        let text: Box<str> = String::from_utf8_lossy(text).into();
+        // The common case, valid UTF-8, takes the fast check.
+        let text: Box<str> = match std::str::from_utf8(text) {
+            Ok(s) => s.into(),
+            Err(_) => String::from_utf8_lossy(text).into(),
+        };
         let mut q = lock(&self.inner.queue);
         while q.bytes >= QUEUE_MAX && !q.stop {
             self.inner.wake.notify_one();
@@ -185,6 +189,7 @@ impl LogWriter {
                 *seq = c.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let before = q.bytes;
         q.bytes += text.len() + node.len() + RECORD_OVERHEAD;
         q.pending.push(Pending {
             keys: k.keys.clone(),
@@ -194,7 +199,9 @@ impl LogWriter {
             node,
             text,
         });
-        if q.bytes >= FLUSH_BYTES {
+        // Wake the writer once, when the threshold is crossed (a notify is
+        // a system call).
+        if before < FLUSH_BYTES && q.bytes >= FLUSH_BYTES {
             self.inner.wake.notify_one();
         }
     }
@@ -287,7 +294,9 @@ fn flush_loop(inner: Arc<Inner>) {
             }
             q.bytes = 0;
             q.in_progress = true;
-            std::mem::take(&mut q.pending)
+            // The next batch will likely be as long: no regrowing.
+            let room = q.pending.len();
+            std::mem::replace(&mut q.pending, Vec::with_capacity(room))
         };
         // Producers may fill the next batch while this one commits.
         inner.drained.notify_all();

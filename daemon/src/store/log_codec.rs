@@ -14,8 +14,14 @@
 
 use std::borrow::Cow;
 
-/// A data segment is closed once its encoded records reach this size.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+/// A data segment takes records while they fit in this many bytes: with the
+/// key and the page's own bookkeeping it then fills one 64 KiB store page
+/// (redb gives a large value a page of the next power of two).
+pub const CHUNK_BYTES: usize = 64 * 1024 - 512;
+/// What a stored value costs in its page beyond its bytes (key, offsets).
+const PAGE_OVERHEAD: usize = 256;
+/// The store's page size; smaller values share pages.
+const PAGE: usize = 4096;
 /// The last data segment of a key is extended in place (rewritten) while it
 /// is smaller than this; beyond, new records start a new segment. This bounds
 /// what a slow, steady writer rewrites per commit.
@@ -186,13 +192,33 @@ impl<'a> Records<'a> {
     }
 }
 
+/// The bytes of store pages a value of `n` bytes occupies.
+fn pages_for(n: usize) -> usize {
+    (n + PAGE_OVERHEAD).next_power_of_two().max(PAGE)
+}
+
+/// Whether storing `packed` instead of `plain` bytes saves space: within a
+/// shared page, a tenth; above, whole pages (a value slightly smaller
+/// would take as large a page).
+fn compression_pays(plain: usize, packed: usize) -> bool {
+    if plain + PAGE_OVERHEAD <= PAGE {
+        packed < plain - plain / 10
+    } else {
+        pages_for(packed) < pages_for(plain)
+    }
+}
+
+/// The bytes a record adds to a block (an upper bound).
+pub fn record_size(node: &str, text: &str) -> usize {
+    node.len() + text.len() + 1 + 3 * 10
+}
+
 /// A data segment of `count` records encoded in `block`.
 pub fn encode_data(count: u64, block: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(block.len() / 2 + 16);
     if block.len() >= COMPRESS_FROM {
         let packed = lz4_flex::block::compress(block);
-        // Keep it compressed only when that saves at least a tenth.
-        if packed.len() < block.len() - block.len() / 10 {
+        if compression_pays(block.len() + 16, packed.len() + 16) {
             out.push(TAG_LZ4);
             put_varint(&mut out, count);
             put_varint(&mut out, block.len() as u64);
@@ -331,6 +357,18 @@ mod tests {
         assert_eq!(recs[1].time, i64::MAX);
         assert_eq!(recs[1].node, "ü-node");
         assert_eq!(recs[1].text, "\u{1b}[31mred\u{1b}[0m ✓");
+    }
+
+    #[test]
+    fn compression_is_kept_only_where_it_saves_pages() {
+        assert_eq!(pages_for(100), 4096);
+        assert_eq!(pages_for(CHUNK_BYTES + 16), 64 * 1024);
+        // A full block that compresses to 2/3 still takes a 64 KiB page.
+        assert!(!compression_pays(60_000, 40_000));
+        assert!(compression_pays(60_000, 30_000));
+        // Small values share pages: a tenth saved counts.
+        assert!(compression_pays(1_000, 800));
+        assert!(!compression_pays(1_000, 950));
     }
 
     #[test]

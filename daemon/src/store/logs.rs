@@ -6,7 +6,7 @@
 use super::log_codec::{self as codec, Corrupt, Rec, Segment, Stream};
 use super::*;
 use crate::model::LogRecord;
-use redb::TableHandle;
+use redb::{ReadableTableMetadata, TableHandle};
 use std::collections::HashMap;
 
 /// (log key, first seq) → a segment (`log_codec`).
@@ -100,7 +100,8 @@ fn push_data(list: &mut Vec<Run<'_>>, seq: u64, l: &NewLog<'_>) {
         block,
     }) = list.last_mut()
     {
-        if *first + *count == seq && block.len() < codec::CHUNK_BYTES {
+        let fits = block.len() + codec::record_size(l.node, l.text) <= codec::CHUNK_BYTES;
+        if *first + *count == seq && fits {
             codec::encode_record(block, l.time, l.stream, l.node, l.text);
             *count += 1;
             return;
@@ -162,7 +163,10 @@ fn write_runs(t: &mut Segments<'_>, key: &str, runs: Vec<Run<'_>>) -> Result<()>
                     count: n,
                     block: more,
                 },
-            ) if at + count == *first && block.len() < codec::EXTEND_BELOW => {
+            ) if at + count == *first
+                && block.len() < codec::EXTEND_BELOW
+                && block.len() + more.len() <= codec::CHUNK_BYTES =>
+            {
                 let mut all = block.into_owned();
                 all.extend_from_slice(more);
                 Some(codec::encode_data(count + n, &all))
@@ -292,6 +296,15 @@ impl Store {
                 write_runs(&mut t, key, runs)?;
             }
             Ok(())
+        })
+    }
+
+    /// Bytes of the store's pages that hold step logs (data, index and the
+    /// unused rest of their pages).
+    pub fn log_bytes(&self) -> Result<u64> {
+        self.read(|tx| {
+            let s = tx.open_table(LOG_SEGMENTS)?.stats()?;
+            Ok(s.stored_bytes() + s.metadata_bytes() + s.fragmented_bytes())
         })
     }
 
