@@ -163,6 +163,41 @@ fn decode(r: HttpResponse) -> (u16, Value) {
 }
 
 #[test]
+fn every_node_gets_the_whole_environment_and_its_own_node() {
+    let fx = Fx::new(json!({}));
+    for (run, node) in [(1, "a1"), (2, "a2")] {
+        let env = [
+            ("JOBX_NODE", node),
+            ("JOBX_TASK", "task00000001"),
+            ("ip", "a1,a2"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let step = StepRequest {
+            task: "task00000001".into(),
+            node: Node {
+                name: node.into(),
+                ..Node::default()
+            },
+            env,
+            ..StepRequest::default()
+        };
+        let sink = Arc::new(Sink::default());
+        fx.hub
+            .start(RunId(run), step, Reporter::from_sink(sink))
+            .unwrap();
+    }
+    for node in ["a1", "a2"] {
+        let (st, v) = fx.call(node, "/v1/poll?wait_ms=0", json!({"instance": "i"}));
+        assert_eq!(st, 200);
+        assert_eq!(
+            v["work"][0]["env"],
+            json!({"JOBX_NODE": node, "JOBX_TASK": "task00000001", "ip": "a1,a2"})
+        );
+    }
+}
+
+#[test]
 fn a_step_runs_once_with_its_output_stored_once() {
     let fx = Fx::new(json!({}));
     let sink = fx.start("a1", 1);

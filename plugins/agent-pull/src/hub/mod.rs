@@ -109,10 +109,15 @@ impl Effects {
     }
 }
 
-/// A JSON answer.
+/// A JSON answer, serialized straight to bytes: no `Value` tree in
+/// between, whose copy of a step's environment would cost more than the
+/// answer (10,000 agents are answered at once when a task starts).
 pub(crate) fn json<T: Serialize>(status: u16, body: &T) -> HttpResponse {
-    let value = serde_json::to_value(body).unwrap_or(serde_json::Value::Null);
-    HttpResponse::json(status, &value)
+    HttpResponse {
+        status,
+        headers: vec![("content-type".to_string(), "application/json".to_string())],
+        body: serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec()),
+    }
 }
 
 /// An error answer `{"error": …, "stale": …}`.
@@ -195,6 +200,8 @@ impl Hub {
             jobx_plugin_api::StepKind::Scp { src, .. } => Some(PathBuf::from(src)),
             _ => None,
         };
+        let mut env = step.env;
+        let own = env.remove_entry("JOBX_NODE").into_iter().collect();
         let work = Work {
             lease: String::new(),
             task: step.task,
@@ -206,7 +213,7 @@ impl Hub {
             batches: step.batches,
             node: name.clone(),
             kind: step.kind,
-            env: step.env,
+            env: own,
             timeout_secs: step.timeout_secs,
             queued_ms: now_ms(),
         };
@@ -220,11 +227,13 @@ impl Hub {
                 ));
             };
             agent.queue.push_back(run);
+            let env = st.share_env(env);
             st.runs.insert(
                 run,
                 Run {
                     agent: name.clone(),
                     work,
+                    env,
                     src,
                     out,
                     queued: now,

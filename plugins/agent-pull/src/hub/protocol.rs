@@ -102,6 +102,9 @@ impl Hub {
             };
             let mut work = r.work.clone();
             work.lease = lease.clone();
+            let mut env = (*r.env).clone();
+            env.append(&mut work.env);
+            work.env = env;
             answer.work.push(work);
             st.leases.insert(lease, id);
             if let Some(a) = st.agents.get_mut(name) {
@@ -245,6 +248,7 @@ impl Hub {
                         // the step ends (10k agents hold 10k of them).
                         r.work.kind = jobx_plugin_api::StepKind::default();
                         r.work.env = Default::default();
+                        r.env = Default::default();
                         if r.work.timeout_secs > 0 {
                             let at =
                                 now + Duration::from_secs(r.work.timeout_secs) + BACKSTOP_GRACE;

@@ -1,7 +1,7 @@
 //! What the hub knows: agents, runs and their leases. Plain data and the
 //! bookkeeping that keeps its indexes consistent; no host callbacks here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,9 +88,17 @@ pub(super) enum Phase {
     Running(Box<Running>),
 }
 
+/// A step's environment without `JOBX_NODE`: the same for every node of a
+/// batch, and large (OPEN-C3's `ip` lists the batch's nodes), so the runs
+/// of a batch share one copy.
+pub(super) type Env = Arc<BTreeMap<String, String>>;
+
 pub(super) struct Run {
     pub agent: String,
+    /// `work.env` holds only what is this run's own (`JOBX_NODE`); the rest
+    /// is in `env`.
     pub work: Work,
+    pub env: Env,
     pub src: Option<PathBuf>,
     pub out: Reporter,
     pub queued: Instant,
@@ -104,9 +112,27 @@ pub(super) struct State {
     pub leases: HashMap<String, RunId>,
     /// When the reaper plans to look next.
     pub next_scan: Option<Instant>,
+    /// The environments of queued and offered runs, one copy each.
+    pub envs: HashSet<Env>,
+    /// Forgotten environments are dropped when `envs` grows past this.
+    pub envs_prune_at: usize,
 }
 
 impl State {
+    /// The one shared copy of this environment.
+    pub fn share_env(&mut self, env: BTreeMap<String, String>) -> Env {
+        if let Some(e) = self.envs.get(&env) {
+            return e.clone();
+        }
+        let e = Arc::new(env);
+        self.envs.insert(e.clone());
+        if self.envs.len() > self.envs_prune_at {
+            self.envs.retain(|e| Arc::strong_count(e) > 1);
+            self.envs_prune_at = (2 * self.envs.len()).max(64);
+        }
+        e
+    }
+
     /// Removes a run and its lease and queue entry.
     pub fn remove(&mut self, run: RunId) -> Option<Run> {
         let r = self.runs.remove(&run)?;

@@ -89,6 +89,7 @@ fn state(c: &Case, t0: Instant) -> State {
                     timeout_secs: *limit,
                     ..Work::default()
                 },
+                env: Default::default(),
                 src: None,
                 out: Recorder::new().reporter(),
                 queued: t0 + ms(*queued),
