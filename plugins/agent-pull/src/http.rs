@@ -85,11 +85,17 @@ pub fn serve(hub: &Arc<Hub>, pool: &Arc<Pool>, req: HttpRequest, respond: Respon
             Ok(chunk) => match hub.output(&name, chunk) {
                 Delivered::Answer(a) => respond.send(a),
                 Delivered::Lines(out, lines, run) => {
-                    for (stream, text) in lines {
-                        out.line(stream, &text);
-                    }
-                    hub.delivered(run);
-                    respond.send(json(200, &serde_json::json!({"ok": true})));
+                    // The host may make output wait while its log queue is
+                    // full (back-pressure): deliver on a worker thread, not
+                    // on the thread that serves HTTP.
+                    let hub = hub.clone();
+                    pool.submit(move || {
+                        for (stream, text) in lines {
+                            out.line(stream, &text);
+                        }
+                        hub.delivered(run);
+                        respond.send(json(200, &serde_json::json!({"ok": true})));
+                    });
                 }
             },
             Err(e) => respond.send(e),
