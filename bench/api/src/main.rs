@@ -20,6 +20,7 @@
 //! store; `--data-from DIR` starts from such a store instead of creating
 //! tasks (to list the same 100,000 tasks with another build).
 //! `--create N` creates only N tasks (a rate on top of the kept store).
+//! `--stderr FILE` writes what the daemon logged to FILE at the end.
 
 use jobx_tests::daemon::{wait_for, Daemon, ADMIN};
 use serde_json::{json, Value};
@@ -40,6 +41,7 @@ struct Args {
     skip_step: bool,
     keep_data: Option<PathBuf>,
     data_from: Option<PathBuf>,
+    stderr: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -52,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         skip_step: false,
         keep_data: None,
         data_from: None,
+        stderr: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,10 +76,11 @@ fn parse_args() -> Result<Args, String> {
             "--create" => a.create = Some(n()?),
             "--keep-data" => a.keep_data = Some(PathBuf::from(&value)),
             "--data-from" => a.data_from = Some(PathBuf::from(&value)),
+            "--stderr" => a.stderr = Some(PathBuf::from(&value)),
             _ => {
                 return Err(format!(
                     "unknown option {flag} (--tasks, --clients, --seconds, --rounds, --create, \
-                     --skip-step, --keep-data, --data-from)"
+                     --skip-step, --keep-data, --data-from, --stderr)"
                 ))
             }
         }
@@ -307,6 +311,9 @@ fn main() {
         median(rps_1000),
         median(p99_1000)
     );
+    if let Some(file) = &a.stderr {
+        std::fs::write(file, d.stderr()).expect("write the daemon's stderr");
+    }
     if let Some(keep) = &a.keep_data {
         d.term();
         copy_store(&d.data_dir(), keep);
