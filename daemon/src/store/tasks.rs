@@ -424,13 +424,23 @@ impl Store {
     /// recorded in `meta` and the two tables' lengths are equal.
     pub(super) fn backfill_briefs(&self) -> Result<()> {
         use redb::ReadableTableMetadata;
-        let missing = self.read(|tx| {
+        let (form, tasks, briefs) = self.read(|tx| {
             let form = tx.open_table(META)?.get(BRIEF_FORM)?.map(|v| v.value());
-            Ok(form != Some(briefs::FORM)
-                || tx.open_table(TASKS)?.len()? != tx.open_table(TASK_BRIEFS)?.len()?)
+            Ok((
+                form,
+                tx.open_table(TASKS)?.len()?,
+                tx.open_table(TASK_BRIEFS)?.len()?,
+            ))
         })?;
-        if !missing {
+        if form == Some(briefs::FORM) && tasks == briefs {
             return Ok(());
+        }
+        if tasks == 0 {
+            // A new store: nothing to write but its form.
+            return self.write(|tx| {
+                tx.open_table(META)?.insert(BRIEF_FORM, briefs::FORM)?;
+                Ok(())
+            });
         }
         log::info!("store: writing the list rows (briefs) of stored tasks");
         let mut after: Option<String> = None;
