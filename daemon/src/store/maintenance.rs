@@ -391,7 +391,6 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::LogRecord;
 
     struct Dir(std::path::PathBuf);
 
