@@ -25,8 +25,9 @@
 //!    step (cancel, timeout), when the daemon dies and the kernel closes its
 //!    pipe, or when the connection drops and sshd closes the session. On
 //!    EOF it first tells the shell (`SIGUSR1`, trapped), then sends SIGTERM
-//!    to the step's group and SIGKILL after [`KILL_GRACE_SECS`] if anything
-//!    is left;
+//!    to the step's group (to the step's process itself when EOF came so
+//!    early that `setsid` has not made the group yet) and SIGKILL after
+//!    [`KILL_GRACE_SECS`] if anything is left;
 //! 4. the shell waits for the step. When the step exits by itself, whatever
 //!    it left running in its group and the lifeline are killed; after a
 //!    stop the lifeline's grace period runs its course. The script file is
@@ -162,7 +163,7 @@ pub fn command_program(
          echo {STARTED}\n\
          {launch} </dev/null 3<&- &\n\
          JOBX__s=$!\n\
-         {{ while read -r JOBX__x; do :; done; kill -USR1 $$; kill -TERM -\"$JOBX__s\"; JOBX__n=0; \
+         {{ while read -r JOBX__x; do :; done; kill -USR1 $$; kill -TERM -\"$JOBX__s\" || kill -TERM \"$JOBX__s\"; JOBX__n=0; \
          while [ \"$JOBX__n\" -lt {KILL_GRACE_SECS} ] && kill -0 -\"$JOBX__s\"; do sleep 1; JOBX__n=$((JOBX__n+1)); done; \
          kill -KILL -\"$JOBX__s\"; }} <&3 >/dev/null 2>&1 &\n\
          JOBX__w=$!\n\
@@ -527,6 +528,34 @@ mod tests {
             jobx_tests::sshd::processes_matching(&mark).is_empty()
         }));
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_stop_that_comes_with_the_program_leaves_nothing_running() {
+        // The plugin closes stdin at once when the run is stopped while
+        // its session starts: the lifeline may see EOF before the step
+        // has made its own process group.
+        let mark = marker("early");
+        let script = format!("exec -a {mark} sleep 30");
+        for _ in 0..20 {
+            let (mut child, stdin) = spawn_remote(&program(&script, "bash", &[]), Stdio::null());
+            drop(stdin);
+            let ended = wait_until(Duration::from_secs(5), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if !ended {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            assert!(ended, "the wrapper still waits for a step the stop missed");
+            assert!(
+                wait_until(Duration::from_secs(3), || {
+                    jobx_tests::sshd::processes_matching(&mark).is_empty()
+                }),
+                "left running: {:?}",
+                jobx_tests::sshd::processes_matching(&mark)
+            );
+        }
     }
 
     #[test]
