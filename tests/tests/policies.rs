@@ -703,6 +703,15 @@ fn webhooks_get_signed_events_retried_after_a_500_and_delivered_after_a_restart(
                 .then(|| ev["id"].as_str().unwrap_or("").to_string())
         })
     });
+    // The refused attempt is stored (the receiver's 500 reaches the daemon
+    // before the daemon records it): then the SIGKILL.
+    wait_for("the refused attempt to be recorded", T, || {
+        let list = d.data(&format!("/notify/deliveries?event_id={finished_id}"));
+        list.as_array()?
+            .iter()
+            .any(|a| a["status"] == 500)
+            .then_some(())
+    });
     d.kill9();
     r.failures.store(0, Ordering::SeqCst);
     d.restart();
