@@ -378,6 +378,28 @@ unsafe extern "C" fn init<E: Executor>(
     }
 }
 
+/// The instance behind the pointer `init::<E>` wrote; None when null.
+///
+/// # Safety
+/// `instance` is null or came from `init::<E>` (and is never freed).
+unsafe fn instance_ref<'a, E: Executor>(instance: *mut c_void) -> Option<&'a Instance<E>> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { instance.cast::<Instance<E>>().as_ref() }
+}
+
+/// A JSON request from the host; the error names `what` it was.
+///
+/// # Safety
+/// `data` is null or valid for `len` bytes during the call.
+unsafe fn request<T: serde::de::DeserializeOwned>(
+    data: *const u8,
+    len: usize,
+    what: &str,
+) -> Result<T, String> {
+    // SAFETY: guaranteed by the caller.
+    serde_json::from_slice(unsafe { input(data, len) }).map_err(|e| format!("invalid {what}: {e}"))
+}
+
 unsafe extern "C" fn start<E: Executor>(
     instance: *mut c_void,
     step: *const u8,
@@ -391,12 +413,11 @@ unsafe extern "C" fn start<E: Executor>(
     // `instance` came from `init::<E>`.
     unsafe {
         guarded(err, || {
-            if instance.is_null() || host.is_null() {
-                return Err("null instance or callbacks".to_string());
-            }
-            let inst = &*instance.cast::<Instance<E>>();
-            let req: StepRequest = serde_json::from_slice(input(step, step_len))
-                .map_err(|e| format!("invalid step request: {e}"))?;
+            let inst = match instance_ref::<E>(instance) {
+                Some(inst) if !host.is_null() => inst,
+                _ => return Err("null instance or callbacks".to_string()),
+            };
+            let req: StepRequest = request(step, step_len, "step request")?;
             let run = RunId(inst.next_run.fetch_add(1, Ordering::Relaxed));
             if !run_id.is_null() {
                 run_id.write(run.0);
@@ -419,11 +440,10 @@ unsafe extern "C" fn start<E: Executor>(
 }
 
 unsafe extern "C" fn cancel<E: Executor>(instance: *mut c_void, run_id: u64) {
-    if instance.is_null() {
-        return;
-    }
     // SAFETY: `instance` came from `init::<E>` and is never freed.
-    let inst = unsafe { &*instance.cast::<Instance<E>>() };
+    let Some(inst) = (unsafe { instance_ref::<E>(instance) }) else {
+        return;
+    };
     // Nothing can be reported from cancel; a panic is swallowed rather than
     // unwinding into the host.
     let _ = catch_unwind(AssertUnwindSafe(|| inst.exec.cancel(RunId(run_id))));
@@ -431,8 +451,8 @@ unsafe extern "C" fn cancel<E: Executor>(instance: *mut c_void, run_id: u64) {
 
 unsafe extern "C" fn http<E: Executor>(
     instance: *mut c_void,
-    request: *const u8,
-    request_len: usize,
+    body: *const u8,
+    body_len: usize,
     respond: RespondFn,
     respond_ctx: *mut c_void,
     err: *mut RawBuf,
@@ -441,12 +461,8 @@ unsafe extern "C" fn http<E: Executor>(
     // `instance` came from `init::<E>`.
     unsafe {
         guarded(err, || {
-            if instance.is_null() {
-                return Err("null instance".to_string());
-            }
-            let inst = &*instance.cast::<Instance<E>>();
-            let req: HttpRequest = serde_json::from_slice(input(request, request_len))
-                .map_err(|e| format!("invalid HTTP request: {e}"))?;
+            let inst = instance_ref::<E>(instance).ok_or("null instance")?;
+            let req: HttpRequest = request(body, body_len, "HTTP request")?;
             let responder = Responder::from_host(respond, respond_ctx);
             // A panic unwinds through the executor, which owns the responder:
             // dropping it answers 500, so the host gets exactly one answer and
@@ -459,20 +475,16 @@ unsafe extern "C" fn http<E: Executor>(
 
 unsafe extern "C" fn prepare<E: Executor>(
     instance: *mut c_void,
-    request: *const u8,
-    request_len: usize,
+    body: *const u8,
+    body_len: usize,
     err: *mut RawBuf,
 ) -> i32 {
     // SAFETY: the ABI contract makes every pointer valid for the call;
     // `instance` came from `init::<E>`.
     unsafe {
         guarded(err, || {
-            if instance.is_null() {
-                return Err("null instance".to_string());
-            }
-            let inst = &*instance.cast::<Instance<E>>();
-            let req: PrepareRequest = serde_json::from_slice(input(request, request_len))
-                .map_err(|e| format!("invalid prepare request: {e}"))?;
+            let inst = instance_ref::<E>(instance).ok_or("null instance")?;
+            let req: PrepareRequest = request(body, body_len, "prepare request")?;
             inst.exec.prepare(req)
         })
     }
