@@ -138,62 +138,26 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Creates `n` tasks with `clients` clients; answers (tasks/s, p50, p99).
-fn create(d: &Daemon, n: usize, clients: usize) -> (f64, Duration, Duration) {
-    let left = Arc::new(AtomicUsize::new(n));
-    let url = format!("{}/task/{PROJECT}/job/byname", d.base);
+/// Runs `clients` threads that each make requests through `one` while
+/// `more()` says so; answers (requests/s, p50, p99) of their latencies.
+fn drive(
+    clients: usize,
+    more: impl Fn() -> bool + Send + Sync + 'static,
+    one: impl Fn(&ureq::Agent, &mut Vec<u8>) + Send + Sync + 'static,
+) -> (f64, Duration, Duration) {
+    let work = Arc::new((more, one));
     let started = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|_| {
-            let (left, url) = (left.clone(), url.clone());
-            std::thread::spawn(move || {
-                let a = agent();
-                let body = json!({"jobname": "bench", "group": "val=n1", "variable": {"version": "1.0.7"}});
-                let mut buf = Vec::new();
-                let mut lat = Vec::new();
-                while left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-                    .is_ok()
-                {
-                    let t = Instant::now();
-                    let st = call(&a, "POST", &url, Some(&body), &mut buf);
-                    lat.push(t.elapsed());
-                    assert_eq!(st, 200, "create: {}", String::from_utf8_lossy(&buf));
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("client thread"))
-        .collect();
-    let secs = started.elapsed().as_secs_f64();
-    lat.sort();
-    (
-        n as f64 / secs,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-    )
-}
-
-/// `GET path` by `clients` clients for `secs`; answers (req/s, p50, p99).
-fn load(d: &Daemon, path: &str, clients: usize, secs: u64) -> (f64, Duration, Duration) {
-    let url = format!("{}{path}", d.base);
-    let until = Instant::now() + Duration::from_secs(secs);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let url = url.clone();
+            let work = work.clone();
             std::thread::spawn(move || {
                 let a = agent();
                 let mut buf = Vec::with_capacity(1 << 20);
                 let mut lat = Vec::new();
-                while Instant::now() < until {
+                while (work.0)() {
                     let t = Instant::now();
-                    let st = call(&a, "GET", &url, None, &mut buf);
+                    (work.1)(&a, &mut buf);
                     lat.push(t.elapsed());
-                    assert_eq!(st, 200, "GET {url}: {}", String::from_utf8_lossy(&buf));
                 }
                 lat
             })
@@ -209,6 +173,38 @@ fn load(d: &Daemon, path: &str, clients: usize, secs: u64) -> (f64, Duration, Du
         lat.len() as f64 / secs,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
+    )
+}
+
+/// Creates `n` tasks with `clients` clients; answers (tasks/s, p50, p99).
+fn create(d: &Daemon, n: usize, clients: usize) -> (f64, Duration, Duration) {
+    let left = AtomicUsize::new(n);
+    let url = format!("{}/task/{PROJECT}/job/byname", d.base);
+    let body = json!({"jobname": "bench", "group": "val=n1", "variable": {"version": "1.0.7"}});
+    drive(
+        clients,
+        move || {
+            left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                .is_ok()
+        },
+        move |a, buf| {
+            let st = call(a, "POST", &url, Some(&body), buf);
+            assert_eq!(st, 200, "create: {}", String::from_utf8_lossy(buf));
+        },
+    )
+}
+
+/// `GET path` by `clients` clients for `secs`; answers (req/s, p50, p99).
+fn load(d: &Daemon, path: &str, clients: usize, secs: u64) -> (f64, Duration, Duration) {
+    let url = format!("{}{path}", d.base);
+    let until = Instant::now() + Duration::from_secs(secs);
+    drive(
+        clients,
+        move || Instant::now() < until,
+        move |a, buf| {
+            let st = call(a, "GET", &url, None, buf);
+            assert_eq!(st, 200, "GET {url}: {}", String::from_utf8_lossy(buf));
+        },
     )
 }
 
