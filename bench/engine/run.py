@@ -25,17 +25,11 @@ import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, th
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "jobxd")
-TOKEN = "bench-token-000001"
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from harness import TOKEN, TOKENS, call, start  # noqa: E402
 GOAL = 1.3
 TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def call(base, method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
 
 
 def stat_fields(pid):
@@ -151,21 +145,11 @@ def main():
     with open(cfg, "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:0"\nname = "bench"\n[storage]\ndata_dir = "{tmp}/data"\n'
                 f'[engine]\nmax_parallel = 128\n'
-                + (f'[plugins]\ndir = ["{os.path.abspath(args.plugin_dir)}"]\n' if args.plugin_dir else '') +
-                f'[[auth.tokens]]\nname = "bench"\ntoken = "{TOKEN}"\nroles = {{ "*" = "admin" }}\n')
-    d = subprocess.Popen([BIN, "--config", cfg], stderr=subprocess.PIPE, text=True)
+                + (f'[plugins]\ndir = ["{os.path.abspath(args.plugin_dir)}"]\n' if args.plugin_dir else '')
+                + TOKENS)
+    d, base = start(BIN, cfg)
     rows = []
     try:
-        base = None
-        for line in d.stderr:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                base = m.group(1)
-                break
-        if base is None:
-            sys.exit("jobxd did not start")
-        # Keep reading the daemon's log so that it never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in d.stderr], daemon=True).start()
         nodes = [{"name": f"n{i}"} for i in range(1, n + 1)]
         call(base, "POST", "/node/1", {"nodes": nodes})
         call(base, "POST", "/group/1", {"name": "tenth", "group_type": "percent", "percent": "10%"})

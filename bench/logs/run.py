@@ -19,16 +19,10 @@ import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, th
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "jobxd")
-TOKEN = "bench-token-000001"
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from harness import TOKEN, TOKENS, call, start  # noqa: E402
 LINE = 95  # bytes per generated line, newline included
 
-
-def call(base, method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read())
 
 
 def generator(lines, random_text):
@@ -150,18 +144,9 @@ def main():
     with open(cfg, "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:0"\nname = "bench"\n[storage]\ndata_dir = "{data_dir}"\n'
                 f'[logs]\nmax_bytes_per_step = {kept * 2}\n'
-                f'[[auth.tokens]]\nname = "bench"\ntoken = "{TOKEN}"\nroles = {{ "*" = "admin" }}\n')
-    d = subprocess.Popen([BIN, "--config", cfg], stderr=subprocess.PIPE, text=True)
+                + TOKENS)
+    d, base = start(BIN, cfg)
     try:
-        base = None
-        for line in d.stderr:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                base = m.group(1)
-                break
-        if base is None:
-            sys.exit("jobxd did not start")
-        threading.Thread(target=lambda: [None for _ in d.stderr], daemon=True).start()
         call(base, "POST", "/node/1", {"nodes": [{"name": "n1"}]})
         call(base, "POST", "/group/1", {"name": "one", "group_type": "list", "node": "n1"})
         job = call(base, "POST", "/job/1", {"name": "flood", "steps": [
