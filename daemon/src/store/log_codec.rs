@@ -285,6 +285,21 @@ pub fn decode(v: &[u8]) -> Result<Segment<'_>, Corrupt> {
     }
 }
 
+/// The block length of a stored data segment (None for a reference), read
+/// from its header only: nothing is decompressed.
+pub fn data_len(v: &[u8]) -> Result<Option<usize>, Corrupt> {
+    let tag = *v.first().ok_or(Corrupt("empty segment"))?;
+    let mut at = 1;
+    get_varint(v, &mut at)?;
+    match tag {
+        TAG_PLAIN | TAG_LZ4 => usize::try_from(get_varint(v, &mut at)?)
+            .map(Some)
+            .map_err(|_| Corrupt("length too large")),
+        TAG_REF => Ok(None),
+        _ => Err(Corrupt("unknown segment tag")),
+    }
+}
+
 /// The record count of a stored segment, read from its header only.
 pub fn count_of(v: &[u8]) -> Result<u64, Corrupt> {
     let mut at = 1;
@@ -319,6 +334,7 @@ mod tests {
                 assert_eq!(stored[0], TAG_PLAIN);
             }
             assert_eq!(count_of(&stored), Ok(count));
+            assert_eq!(data_len(&stored), Ok(Some(block.len())));
             match decode(&stored).expect("decode") {
                 Segment::Data { count: c, block: b } => {
                     assert_eq!(c, count);
@@ -374,6 +390,7 @@ mod tests {
     #[test]
     fn refs_round_trip() {
         let v = encode_ref(42, "AbcdefghijklZyxwvutsrqpolocal", 1_000_001);
+        assert_eq!(data_len(&v), Ok(None));
         assert_eq!(
             decode(&v),
             Ok(Segment::Ref {

@@ -149,7 +149,17 @@ fn write_runs(t: &mut Segments<'_>, key: &str, runs: Vec<Run<'_>>) -> Result<()>
     let last = match t.range((key, 0)..=(key, u64::MAX))?.next_back() {
         Some(row) => {
             let (k, v) = row?;
-            Some((k.value().1, v.value().to_vec()))
+            let v = v.value();
+            // Only a segment the head run might extend is copied and decoded
+            // (a full 64 KiB block is neither, however often a step prints).
+            let extendable = match (codec::data_len(v)?, &head) {
+                (Some(len), Run::Data { block, .. }) => {
+                    len < codec::EXTEND_BELOW && len + block.len() <= codec::CHUNK_BYTES
+                }
+                (None, Run::Ref { .. }) => true,
+                _ => false,
+            };
+            extendable.then(|| (k.value().1, v.to_vec()))
         }
         None => None,
     };
