@@ -24,14 +24,19 @@
 //!    long as the step may run, so EOF comes only when the plugin stops the
 //!    step (cancel, timeout), when the daemon dies and the kernel closes its
 //!    pipe, or when the connection drops and sshd closes the session. On
-//!    EOF it first tells the shell (`SIGUSR1`, trapped), then sends SIGTERM
-//!    to the step's group (to the step's process itself when EOF came so
-//!    early that `setsid` has not made the group yet) and SIGKILL after
-//!    [`KILL_GRACE_SECS`] if anything is left;
-//! 4. the shell waits for the step. When the step exits by itself, whatever
-//!    it left running in its group and the lifeline are killed; after a
-//!    stop the lifeline's grace period runs its course. The script file is
-//!    removed and the shell exits with the step's status.
+//!    EOF it first creates `<file>.stop` (a builtin redirection), then sends
+//!    SIGTERM to the step's group (to the step's process itself when EOF
+//!    came so early that `setsid` has not made the group yet) and SIGKILL
+//!    after [`KILL_GRACE_SECS`] if anything is left;
+//! 4. the shell waits for the step. When the step exits by itself (no
+//!    `.stop` file), whatever it left running in its group and the lifeline
+//!    are killed; after a stop the lifeline's grace period runs its course.
+//!    Both files are removed and the shell exits with the step's status.
+//!
+//! The stop is told through a file, not a trapped signal: a signal would
+//! interrupt the shell's `wait`, and bash 5.2 then loses the step's status
+//! (a second `wait` returns -1, exit 255) when the step ends during the
+//! trap.
 
 use std::collections::BTreeMap;
 
@@ -157,21 +162,18 @@ pub fn command_program(
          [ \"$JOBX__r\" = 4 ] && rm -f -- \"$JOBX__f\"\n\
          echo \"jobx: cannot write the script to $JOBX__f on the node\" >&2; exit {fail}\n\
          fi\n\
-         JOBX__t=\n\
-         trap 'JOBX__t=1' USR1\n\
          exec 3<&0\n\
          echo {STARTED}\n\
          {launch} </dev/null 3<&- &\n\
          JOBX__s=$!\n\
-         {{ while read -r JOBX__x; do :; done; kill -USR1 $$; kill -TERM -\"$JOBX__s\" || kill -TERM \"$JOBX__s\"; JOBX__n=0; \
+         {{ while read -r JOBX__x; do :; done; : >\"$JOBX__f.stop\"; kill -TERM -\"$JOBX__s\" || kill -TERM \"$JOBX__s\"; JOBX__n=0; \
          while [ \"$JOBX__n\" -lt {KILL_GRACE_SECS} ] && kill -0 -\"$JOBX__s\"; do sleep 1; JOBX__n=$((JOBX__n+1)); done; \
          kill -KILL -\"$JOBX__s\"; }} <&3 >/dev/null 2>&1 &\n\
          JOBX__w=$!\n\
          exec 3<&-\n\
          wait \"$JOBX__s\" 2>/dev/null; JOBX__r=$?\n\
-         if [ -z \"$JOBX__t\" ]; then kill -KILL -\"$JOBX__s\" \"$JOBX__w\" 2>/dev/null\n\
-         else wait \"$JOBX__s\" 2>/dev/null; JOBX__q=$?; [ \"$JOBX__q\" = 127 ] || JOBX__r=$JOBX__q; fi\n\
-         rm -f -- \"$JOBX__f\"\n\
+         [ -e \"$JOBX__f.stop\" ] || kill -KILL -\"$JOBX__s\" \"$JOBX__w\" 2>/dev/null\n\
+         rm -f -- \"$JOBX__f\" \"$JOBX__f.stop\"\n\
          exit \"$JOBX__r\"\n\
          }}\n",
         fail = SETUP_FAILED,
