@@ -51,8 +51,15 @@ struct Queue {
     seqs: HashMap<Arc<str>, Counter>,
     /// Keys in use per task, forgotten when the task ends.
     task_keys: HashMap<Arc<str>, Vec<Arc<str>>>,
-    /// A batch has been taken and is being committed.
-    in_progress: bool,
+    /// Records ever queued, taken by the writer, and committed: a flush
+    /// waits for what was queued before it, not for what others queue
+    /// while it waits (which, under load, never ends).
+    queued: u64,
+    taken: u64,
+    committed: u64,
+    /// The highest `queued` a flush waits for; the writer does not linger
+    /// while it is ahead of `taken`.
+    wanted: u64,
     stop: bool,
 }
 
@@ -191,6 +198,7 @@ impl LogWriter {
         }
         let before = q.bytes;
         q.bytes += text.len() + node.len() + RECORD_OVERHEAD;
+        q.queued += 1;
         q.pending.push(Pending {
             keys: k.keys.clone(),
             seqs,
@@ -209,8 +217,13 @@ impl LogWriter {
     /// Commits everything queued so far before returning.
     pub fn flush(&self) {
         let mut q = lock(&self.inner.queue);
+        let target = q.queued;
+        if q.committed >= target {
+            return;
+        }
+        q.wanted = q.wanted.max(target);
         self.inner.wake.notify_one();
-        while (!q.pending.is_empty() || q.in_progress) && !q.stop {
+        while q.committed < target && !q.stop {
             q = wait(&self.inner.drained, q, Duration::from_secs(1));
         }
     }
@@ -282,8 +295,10 @@ fn flush_loop(inner: Arc<Inner>) {
     loop {
         let batch = {
             let mut q = lock(&inner.queue);
-            if q.bytes < FLUSH_BYTES && !q.stop {
-                // Let records gather; a full 256 KiB wakes us sooner.
+            if q.bytes < FLUSH_BYTES && !q.stop && q.wanted <= q.taken {
+                // Let records gather; a full 256 KiB or a flush (also one
+                // that came while the last batch was being committed)
+                // wakes us sooner.
                 q = wait(&inner.wake, q, FLUSH_EVERY);
             }
             if q.pending.is_empty() {
@@ -293,7 +308,7 @@ fn flush_loop(inner: Arc<Inner>) {
                 continue;
             }
             q.bytes = 0;
-            q.in_progress = true;
+            q.taken = q.queued;
             // The next batch will likely be as long: no regrowing.
             let room = q.pending.len();
             std::mem::replace(&mut q.pending, Vec::with_capacity(room))
@@ -304,7 +319,10 @@ fn flush_loop(inner: Arc<Inner>) {
             log::error!("cannot store {} log records: {e}", batch.len());
         }
         drop(batch);
-        lock(&inner.queue).in_progress = false;
+        {
+            let mut q = lock(&inner.queue);
+            q.committed = q.taken;
+        }
         inner.drained.notify_all();
         inner.appended.notify(usize::MAX);
     }
