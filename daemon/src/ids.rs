@@ -1,6 +1,14 @@
-//! Task, subtask and step uuids: 12 characters of `[A-Za-z0-9]` from the OS
-//! CSPRNG. The case of the last character tells a deploy (lowercase) from its
-//! rollback partner (uppercase).
+//! Task, subtask and step uuids: 12 characters of `[A-Za-z0-9]`. The first
+//! seven are the creation time in milliseconds, in base 62 with digits in
+//! ASCII order, so uuids sort by creation and the rows of tasks created
+//! together sit together in the store's B-trees (a commit of many new tasks
+//! touches a few pages, not one random page per task; seven digits last
+//! until 2081). The last five start
+//! from the OS CSPRNG and count up within a millisecond, so this process
+//! never draws the same uuid twice. The case of the last character tells a
+//! deploy (lowercase) from its rollback partner (uppercase).
+
+use std::sync::Mutex;
 
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
@@ -25,11 +33,60 @@ fn pick(alphabet: &[u8], n: usize) -> Vec<u8> {
     out
 }
 
+/// Base-62 digits in ASCII order, so that encoded numbers sort as numbers.
+const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const TIME_DIGITS: u32 = 7;
+/// Values of the last five characters: four base-62 digits and a letter.
+const TAIL_SPACE: u64 = 62 * 62 * 62 * 62 * 26;
+
+/// `n` base-62 digits of `v` (mod 62^n), most significant first.
+fn base62(mut v: u64, n: u32, out: &mut Vec<u8>) {
+    let start = out.len();
+    for _ in 0..n {
+        out.push(DIGITS[(v % 62) as usize]);
+        v /= 62;
+    }
+    out[start..].reverse();
+}
+
+/// The uuid of (time, tail): pure, so its order is testable.
+fn encode(ms: u64, tail: u64) -> String {
+    let mut v = Vec::with_capacity(12);
+    base62(ms, TIME_DIGITS, &mut v);
+    base62(tail / 26, 4, &mut v);
+    v.push(LOWER[(tail % 26) as usize]);
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+/// The last (time, tail) drawn: a uuid in the same millisecond (or after
+/// the clock stepped back) takes the next tail.
+static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
+
+fn random_tail() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        panic!("the operating system's random number generator failed");
+    }
+    // The lower half of the space, so a millisecond has room to count up.
+    u64::from_le_bytes(b) % (TAIL_SPACE / 2)
+}
+
 /// A fresh uuid; it always ends in a lowercase letter (a deploy uuid).
 pub fn new_uuid() -> String {
-    let mut v = pick(ALNUM, 11);
-    v.extend(pick(LOWER, 1));
-    String::from_utf8_lossy(&v).into_owned()
+    let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
+    let mut last = match LAST.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let (ms, tail) = if now > last.0 {
+        (now, random_tail())
+    } else if last.1 + 1 < TAIL_SPACE {
+        (last.0, last.1 + 1)
+    } else {
+        (last.0 + 1, random_tail())
+    };
+    *last = (ms, tail);
+    encode(ms, tail)
 }
 
 /// A random secret for generated tokens (48 alphanumerics, ~285 bits).
@@ -77,6 +134,33 @@ mod tests {
             assert!(is_uuid(&u), "{u}");
             assert!(is_deploy(&u), "{u}");
         }
+    }
+
+    #[test]
+    fn uuids_sort_by_creation_and_never_repeat() {
+        let ids: Vec<String> = (0..20_000).map(|_| new_uuid()).collect();
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "{} then {}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn encoding_keeps_the_order_of_time_then_tail() {
+        assert_eq!(encode(0, 0), "00000000000a");
+        assert_eq!(encode(0, 25), "00000000000z");
+        assert_eq!(encode(0, 26), "00000000001a");
+        let pairs = [
+            (5, 0),
+            (5, 1),
+            (5, TAIL_SPACE - 1),
+            (6, 0),
+            (62u64.pow(6), 3),
+        ];
+        for w in pairs.windows(2) {
+            assert!(encode(w[0].0, w[0].1) < encode(w[1].0, w[1].1), "{w:?}");
+        }
+        // 2026-12-02 in milliseconds is seven digits.
+        assert_eq!(encode(1_796_169_600_000, 0).len(), 12);
     }
 
     #[test]
