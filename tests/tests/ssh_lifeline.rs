@@ -95,6 +95,25 @@ fn gone(pgid: i32, file: &Path, mark: &str) {
     );
 }
 
+/// Local `ssh` clients (argv[0] is `ssh`) whose arguments include `word`.
+fn ssh_clients_with(word: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| {
+            c.split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|argv| argv.first().map(String::as_str) == Some("ssh"))
+        .filter(|argv| argv.iter().any(|a| a.contains(word)))
+        .map(|argv| argv.join(" "))
+        .collect()
+}
+
 #[test]
 fn a_stopped_step_leaves_no_process_group_and_no_script_file_on_the_node() {
     let fleet = SshdFleet::start(1).expect("sshd fleet (tests/run.sh installs openssh-server)");
@@ -113,6 +132,18 @@ fn a_stopped_step_leaves_no_process_group_and_no_script_file_on_the_node() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    // The session goes through the master's control socket: no local ssh
+    // client runs for the step (only the master, which runs no command).
+    let data_dir = d.data_dir().display().to_string();
+    assert!(
+        !ssh_clients_with(&data_dir).is_empty(),
+        "the node's master runs"
+    );
+    assert_eq!(
+        ssh_clients_with("exec /bin/sh -s"),
+        Vec::<String>::new(),
+        "an ssh client per step"
+    );
     task.stop();
     let t = task.wait_finished_within(Duration::from_secs(15));
     assert_eq!(t["status"], "fail", "{t}");

@@ -22,6 +22,7 @@
 pub mod classify;
 pub mod config;
 pub mod conn;
+pub mod mux;
 pub mod remote;
 pub mod run;
 pub mod runtime;

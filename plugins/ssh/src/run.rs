@@ -10,7 +10,7 @@ use crate::classify::{connect_failure, is_connection_loss, ConnectFailure};
 use crate::config::FileCopy;
 use crate::conn::{backoff, Conn};
 use crate::remote;
-use crate::session::{self, Mode, Outcome};
+use crate::session::{self, Launch, Mode, Outcome};
 use crate::target::rsync_rsh;
 use crate::Inner;
 
@@ -98,10 +98,12 @@ impl CopyPlan {
     }
 }
 
-fn ssh_cmd(args: Vec<String>) -> Command {
-    let mut c = Command::new("ssh");
-    c.args(args);
-    c
+/// The remote command in a session over the node's master.
+fn remote_session(conn: &Conn) -> Launch {
+    Launch::Session {
+        ctl: conn.ctl.clone(),
+        command: remote::REMOTE_COMMAND.to_string(),
+    }
 }
 
 /// Runs a plan on the node. The caller holds no locks.
@@ -158,15 +160,9 @@ async fn run_cmd(
         if let Err(msg) = connect(inner, conn, stop, out).await {
             return StepResult::failed(msg);
         }
-        let args = conn.opts.session_args(
-            &conn.target,
-            &conn.ctl,
-            inner.cfg.connect_timeout,
-            remote::REMOTE_COMMAND,
-        );
         let outcome = match session::run(
             &inner.rt,
-            ssh_cmd(args),
+            remote_session(conn),
             input.clone(),
             Mode::Step,
             stop,
@@ -228,15 +224,9 @@ async fn helper(
     stop: &crate::runtime::Stop,
     out: &Reporter,
 ) -> Result<Vec<String>, String> {
-    let args = conn.opts.session_args(
-        &conn.target,
-        &conn.ctl,
-        inner.cfg.connect_timeout,
-        remote::REMOTE_COMMAND,
-    );
     let o = session::run(
         &inner.rt,
-        ssh_cmd(args),
+        remote_session(conn),
         remote::helper_program(&script).into_bytes(),
         Mode::Helper,
         stop,
@@ -357,7 +347,7 @@ async fn run_copy(
     let program = if use_rsync { "rsync" } else { "scp" };
     let o = session::run(
         &inner.rt,
-        Command::from(cmd),
+        Launch::Process(Command::from(cmd)),
         Vec::new(),
         Mode::Copy,
         stop,

@@ -1,12 +1,14 @@
-//! Runs one local process (ssh, rsync or scp): feeds its stdin, streams its
-//! output line by line, and stops it when the run is stopped.
+//! Runs one remote session (over the node's master, see `mux.rs`) or one
+//! local process (rsync or scp): feeds its stdin, streams its output line
+//! by line, and stops it when the run is stopped.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_process::{Child, Command};
-use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use jobx_plugin_api::{Reporter, Stream};
 
 use crate::remote::{KILL_GRACE_SECS, STARTED};
@@ -31,6 +33,81 @@ pub enum Mode {
     /// A copy program (rsync, scp) in its own process group: output goes to
     /// the step; a stop kills the group.
     Copy,
+}
+
+/// What runs.
+pub enum Launch {
+    /// `command` in a session over the master at `ctl`.
+    Session { ctl: PathBuf, command: String },
+    /// A local process (stdio is set by `run`).
+    Process(Command),
+}
+
+/// The running session or process.
+enum Running {
+    /// `None` once dropped to stop it: the master then closes the channel.
+    Session(Option<crate::mux::Session>),
+    Process(Child),
+}
+
+type Input = Box<dyn AsyncWrite + Unpin + Send>;
+type Output = Box<dyn AsyncRead + Unpin + Send>;
+
+impl Running {
+    async fn start(launch: Launch) -> std::io::Result<(Running, Input, Output, Output)> {
+        match launch {
+            Launch::Session { ctl, command } => {
+                let mut s = crate::mux::Session::open(&ctl, &command).await?;
+                let (Some(i), Some(o), Some(e)) =
+                    (s.stdin.take(), s.stdout.take(), s.stderr.take())
+                else {
+                    return Err(std::io::Error::other("session has no pipes"));
+                };
+                Ok((
+                    Running::Session(Some(s)),
+                    Box::new(i),
+                    Box::new(o),
+                    Box::new(e),
+                ))
+            }
+            Launch::Process(mut cmd) => {
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true);
+                let mut child = cmd.spawn()?;
+                let (Some(i), Some(o), Some(e)) =
+                    (child.stdin.take(), child.stdout.take(), child.stderr.take())
+                else {
+                    return Err(std::io::Error::other("the process has no pipes"));
+                };
+                Ok((
+                    Running::Process(child),
+                    Box::new(i),
+                    Box::new(o),
+                    Box::new(e),
+                ))
+            }
+        }
+    }
+
+    fn kill(&mut self, group: bool) {
+        match self {
+            Running::Session(s) => *s = None,
+            Running::Process(child) => kill(child, group),
+        }
+    }
+
+    /// The exit code; `None` when killed (a process by a signal, a session
+    /// by `kill`). A session that ended without a status is 255, as `ssh`
+    /// reports it.
+    async fn code(&mut self) -> std::io::Result<Option<i32>> {
+        match self {
+            Running::Session(Some(s)) => Ok(Some(s.exit_code().await.unwrap_or(255))),
+            Running::Session(None) => Ok(None),
+            Running::Process(child) => Ok(child.status().await?.code()),
+        }
+    }
 }
 
 /// How a process ended.
@@ -116,24 +193,29 @@ async fn read_lines(mut r: impl AsyncRead + Unpin, mut f: impl FnMut(&[u8])) {
     }
 }
 
-/// Spawns `cmd` (stdio is set here) and runs it to its end or until `stop`.
+/// Starts `launch` and runs it to its end or until `stop`. A session the
+/// master cannot open ends as `ssh` would: exit 255 before the start,
+/// with the reason as its stderr. A process that cannot start is an error.
 pub async fn run(
     rt: &Runtime,
-    mut cmd: Command,
+    launch: Launch,
     input: Vec<u8>,
     mode: Mode,
     stop: &Stop,
     out: &Reporter,
 ) -> std::io::Result<Outcome> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err(std::io::Error::other("ssh process has no pipes"));
+    let is_session = matches!(launch, Launch::Session { .. });
+    let (mut child, mut stdin, stdout, stderr) = match Running::start(launch).await {
+        Ok(r) => r,
+        Err(e) if is_session => {
+            return Ok(Outcome {
+                code: Some(255),
+                held_stderr: e.to_string(),
+                last_stderr: e.to_string(),
+                ..Outcome::default()
+            })
+        }
+        Err(e) => return Err(e),
     };
 
     // The writer owns stdin. For a step it then waits on `close` and so
@@ -198,23 +280,23 @@ pub async fn run(
                         out.info(
                             "the node did not confirm the stop in time; closing the connection",
                         );
-                        kill(&mut child, false);
+                        child.kill(false);
                         drain(pumps.as_mut()).await;
                     }
                 }
                 Mode::Helper => {
-                    kill(&mut child, false);
+                    child.kill(false);
                     drain(pumps.as_mut()).await;
                 }
                 Mode::Copy => {
-                    kill(&mut child, true);
+                    child.kill(true);
                     drain(pumps.as_mut()).await;
                 }
             }
         }
         stopped
     };
-    let status = child.status().await?;
+    let code = child.code().await?;
     drop(close_tx);
 
     let shared = shared.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -224,7 +306,6 @@ pub async fn run(
         .map(|l| String::from_utf8_lossy(l).into_owned())
         .collect::<Vec<_>>()
         .join("\n");
-    let code = status.code();
     // Held lines were not ssh's own failure: they belong to the step.
     let connect_failure = mode == Mode::Step && code == Some(255) && !shared.started;
     if !connect_failure {
@@ -300,10 +381,10 @@ mod tests {
         assert_eq!(got.len(), 5);
     }
 
-    fn sh(script: &str) -> Command {
+    fn sh(script: &str) -> Launch {
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(script);
-        c
+        Launch::Process(c)
     }
 
     #[test]

@@ -259,21 +259,6 @@ impl SshOptions {
         a
     }
 
-    /// One session over the master running `remote_command`.
-    pub fn session_args(
-        &self,
-        target: &Target,
-        ctl: &Path,
-        connect_timeout: u64,
-        remote_command: &str,
-    ) -> Vec<String> {
-        let mut a = self.common(target, ctl, connect_timeout);
-        a.extend(["-o", "ControlMaster=no", "-T", "--"].map(String::from));
-        a.push(target.host.clone());
-        a.push(remote_command.to_string());
-        a
-    }
-
     /// Options for scp (`-o` form; scp's own `-P` and `user@host:` syntax).
     pub fn scp_args(&self, target: &Target, ctl: &Path, connect_timeout: u64) -> Vec<String> {
         let mut a = self.shared(ctl, connect_timeout);
@@ -463,19 +448,6 @@ mod tests {
         // argv element, not shell text: spaces stay inside one element.
         assert!(a.iter().any(|x| x == "/keys/id 1%%"));
         assert_eq!(&a[a.len() - 4..], ["-N", "-f", "--", "web-1"]);
-    }
-
-    #[test]
-    fn session_argv_never_opens_a_master_and_passes_the_command_as_one_argument() {
-        let t = Target {
-            host: "h".into(),
-            port: None,
-            user: None,
-        };
-        let a = opts().session_args(&t, Path::new("/c"), 3, "exec /bin/sh -c 'x' jobx 5");
-        assert!(a.windows(2).any(|w| w == ["-o", "ControlMaster=no"]));
-        assert!(!a.iter().any(|x| x == "-l" || x == "-p"));
-        assert_eq!(&a[a.len() - 3..], ["--", "h", "exec /bin/sh -c 'x' jobx 5"]);
     }
 
     #[test]
