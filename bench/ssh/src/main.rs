@@ -174,15 +174,89 @@ impl Contender {
     }
 }
 
-/// Wall times of one round, by contender.
+/// Wall times of one round, by contender, and the machine's busy CPU
+/// seconds during each run.
 #[derive(Default)]
 struct Round {
     times: Vec<(Contender, f64)>,
+    cpu: Vec<(Contender, f64)>,
+}
+
+/// Busy CPU seconds of the whole machine so far (all cores; `/proc/stat`,
+/// in USER_HZ = 1/100 s): every process of a run, jobx, ssh clients and
+/// the servers alike, since they all run here.
+fn machine_cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle, iowait.
+    let busy: f64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / 100.0
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// What the connections alone cost: the loop's master phase (each batch's
+/// masters in parallel, batch after batch) with nothing run over them.
+/// Answers (wall, machine CPU seconds).
+fn connections_alone(fleet: &SshdFleet, o: &Options, tag: &str) -> Result<(f64, f64), String> {
+    let ctl_dir = fleet.dir().join(format!("probe-{tag}"));
+    std::fs::create_dir_all(&ctl_dir).map_err(|e| format!("create {}: {e}", ctl_dir.display()))?;
+    let hosts: Vec<usize> = (0..o.hosts).collect();
+    let cpu0 = machine_cpu_seconds();
+    let t0 = Instant::now();
+    for batch in hosts.chunks(o.batch) {
+        let mut masters = Vec::new();
+        for &i in batch {
+            let host = fleet.server(i).host();
+            let child = Command::new("ssh")
+                .args(loop_args(fleet, i, &ctl_dir.join(format!("h{i}"))))
+                .args([
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    "ControlPersist=60",
+                    "-N",
+                    "-f",
+                    "--",
+                    &host,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("master to {host}: cannot run ssh: {e}"))?;
+            masters.push((format!("master to {host}"), child));
+        }
+        wait_all(masters)?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = machine_cpu_seconds() - cpu0;
+    close_masters(fleet);
+    Ok((wall, cpu))
 }
 
 impl Round {
     fn time(&self, c: Contender) -> Option<f64> {
         self.times.iter().find(|(k, _)| *k == c).map(|(_, t)| *t)
+    }
+
+    fn cpu(&self, c: Contender) -> Option<f64> {
+        self.cpu.iter().find(|(k, _)| *k == c).map(|(_, t)| *t)
     }
 
     fn ratio(&self, a: Contender, b: Contender) -> Option<f64> {
@@ -260,12 +334,31 @@ fn run(o: &Options) -> Result<(), String> {
     let without = TempDir::new("bench-ssh-nohook");
     plugin_without_hook(without.path())?;
 
+    // The floor no tool on this machine can go below: the same
+    // connections, opened the same way, cost this much CPU.
+    let mut probe = Vec::new();
+    for i in 0..3 {
+        probe.push(connections_alone(&fleet, o, &i.to_string())?);
+    }
+    let probe_cpu: Vec<f64> = probe.iter().map(|p| p.1).collect();
+    let probe_wall: Vec<f64> = probe.iter().map(|p| p.0).collect();
+    println!(
+        "the {} connections alone (the loop's master phase, nothing run; 3 runs): wall median {:.3} s, \
+         machine CPU median {:.3} s = {:.3} s on {} cores",
+        o.hosts,
+        median(&probe_wall),
+        median(&probe_cpu),
+        median(&probe_cpu) / cores(),
+        cores()
+    );
+
     let mut rounds = Vec::new();
     for r in 1..=o.rounds {
         let mut round = Round::default();
         let mut order = contenders.clone();
         order.rotate_left((r - 1) % contenders.len());
         for c in order {
+            let cpu0 = machine_cpu_seconds();
             let (wall, note) = match c {
                 Contender::Jobx => run_jobx(&fleet, &names, o, None)?,
                 Contender::JobxWithoutPrepare => run_jobx(&fleet, &names, o, Some(without.path()))?,
@@ -275,8 +368,13 @@ fn run(o: &Options) -> Result<(), String> {
                 Contender::Loop => run_loop(&fleet, r, o)?,
                 Contender::Ansible => run_ansible(&fleet, &work, r, o)?,
             };
-            println!("round {r}  {:<22} {wall:>8.3} s   ({note})", c.label());
+            let cpu = machine_cpu_seconds() - cpu0;
+            println!(
+                "round {r}  {:<22} {wall:>8.3} s   machine CPU {cpu:.2} s   ({note})",
+                c.label()
+            );
             round.times.push((c, wall));
+            round.cpu.push((c, cpu));
         }
         rounds.push(round);
     }
@@ -289,6 +387,19 @@ fn run(o: &Options) -> Result<(), String> {
             "  {:<22} min {:>7.3} s  median {:>7.3} s   runs: {}",
             c.label(),
             min(&t),
+            median(&t),
+            list(&t)
+        );
+    }
+    println!(
+        "machine CPU seconds per run (all processes; {} cores): median",
+        cores()
+    );
+    for &c in &contenders {
+        let t: Vec<f64> = rounds.iter().filter_map(|r| r.cpu(c)).collect();
+        println!(
+            "  {:<22} {:>7.2} s   runs: {}",
+            c.label(),
             median(&t),
             list(&t)
         );
