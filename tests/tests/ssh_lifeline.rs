@@ -208,4 +208,9 @@ fn a_dropped_connection_kills_the_step_on_the_node() {
         "{}",
         task.log_text()
     );
+    assert!(
+        task.log_text().contains("[n1] failed: connection lost: "),
+        "{}",
+        task.log_text()
+    );
 }

@@ -180,6 +180,9 @@ async fn run_cmd(
         if let Some(reason) = outcome.stopped {
             return StepResult::failed(reason.message());
         }
+        if let Some(why) = outcome.lost {
+            return StepResult::failed(format!("connection lost: {why}"));
+        }
         match outcome.code {
             Some(255) if !outcome.started => {
                 // ssh failed before the step started: safe to try again.

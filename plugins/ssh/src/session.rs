@@ -100,15 +100,23 @@ impl Running {
 
     /// The exit code; `None` when killed (a process by a signal, a session
     /// by `kill`). A session that ended without a status is 255, as `ssh`
-    /// reports it.
-    async fn code(&mut self) -> std::io::Result<Option<i32>> {
+    /// reports it, and says why.
+    async fn code(&mut self) -> std::io::Result<(Option<i32>, Option<String>)> {
         match self {
-            Running::Session(Some(s)) => Ok(Some(s.exit_code().await.unwrap_or(255))),
-            Running::Session(None) => Ok(None),
-            Running::Process(child) => Ok(child.status().await?.code()),
+            Running::Session(Some(s)) => Ok(match s.exit_code().await {
+                Some(code) => (Some(code), None),
+                None => (Some(255), Some(NO_STATUS.to_string())),
+            }),
+            Running::Session(None) => Ok((None, None)),
+            Running::Process(child) => Ok((child.status().await?.code(), None)),
         }
     }
 }
+
+/// Why a session ended without an exit status: the master closed it
+/// (its connection dropped) or the remote shell was killed by a signal.
+const NO_STATUS: &str =
+    "the session ended without an exit status (the connection dropped, or the remote shell was killed)";
 
 /// How a process ended.
 #[derive(Debug, Default)]
@@ -126,6 +134,8 @@ pub struct Outcome {
     pub stdout: Vec<String>,
     /// Set when the run was stopped while the process ran.
     pub stopped: Option<StopReason>,
+    /// Set when a session that had started ended without an exit status.
+    pub lost: Option<String>,
 }
 
 struct Shared<'a> {
@@ -296,7 +306,7 @@ pub async fn run(
         }
         stopped
     };
-    let code = child.code().await?;
+    let (code, lost) = child.code().await?;
     drop(close_tx);
 
     let shared = shared.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -313,6 +323,11 @@ pub async fn run(
             out.line(Stream::Stderr, line);
         }
     }
+    // Before the start, the reason is the connection failure's message.
+    let held_stderr = match &lost {
+        Some(why) if !shared.started && held_stderr.trim().is_empty() => why.clone(),
+        _ => held_stderr,
+    };
     Ok(Outcome {
         code,
         started: shared.started,
@@ -320,6 +335,7 @@ pub async fn run(
         last_stderr: String::from_utf8_lossy(&shared.last_stderr).into_owned(),
         stdout: shared.stdout,
         stopped,
+        lost: lost.filter(|_| shared.started),
     })
 }
 
