@@ -214,3 +214,37 @@ fn a_dropped_connection_kills_the_step_on_the_node() {
         task.log_text()
     );
 }
+
+#[test]
+fn a_stop_ends_a_step_whose_master_no_longer_answers() {
+    let fleet = SshdFleet::start(1).expect("sshd fleet");
+    let d = daemon_for(&fleet);
+    let p = d.project(10);
+    p.job("hello", json!([{"plugin": "ssh", "script": "echo hi"}]));
+    p.run("hello", "one", json!({})).wait_success();
+    // The master stays up between tasks; frozen, it accepts on its control
+    // socket and never answers.
+    let port = format!(" -p {} ", fleet.server(0).port());
+    let masters: Vec<i32> = processes_matching("ControlMaster=yes")
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&port))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(masters.len(), 1, "{masters:?}");
+    // SAFETY: kill(2) on the master ssh process this test's daemon started.
+    unsafe { libc::kill(masters[0], libc::SIGSTOP) };
+    let task = p.run("hello", "one", json!({}));
+    wait_for("the batch running", T, || {
+        (task.subtasks().first().map(|s| s["status"] == "running") == Some(true)).then_some(())
+    });
+    task.stop();
+    let t = task.wait_finished_within(Duration::from_secs(15));
+    // SAFETY: as above; lets the master end normally with the test.
+    unsafe { libc::kill(masters[0], libc::SIGCONT) };
+    assert_eq!(t["status"], "fail", "{t}");
+    assert!(
+        task.log_text().contains("[n1] failed: cancelled"),
+        "{}",
+        task.log_text()
+    );
+}

@@ -113,6 +113,10 @@ impl Running {
     }
 }
 
+/// How long the master may take to open a session (it answers at once
+/// unless it is stuck: the network round trip of the channel open).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a session ended without an exit status: the master closed it
 /// (its connection dropped) or the remote shell was killed by a signal.
 const NO_STATUS: &str =
@@ -215,7 +219,28 @@ pub async fn run(
     out: &Reporter,
 ) -> std::io::Result<Outcome> {
     let is_session = matches!(launch, Launch::Session { .. });
-    let (mut child, mut stdin, stdout, stderr) = match Running::start(launch).await {
+    // A master that accepts but never answers must not hold the step past
+    // a stop, nor forever.
+    let opening = future::or(Running::start(launch), async {
+        async_io::Timer::after(OPEN_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the master did not open the session within {} s",
+                OPEN_TIMEOUT.as_secs()
+            ),
+        ))
+    });
+    let started = match stop.guard(opening).await {
+        Ok(r) => r,
+        Err(reason) => {
+            return Ok(Outcome {
+                stopped: Some(reason),
+                ..Outcome::default()
+            })
+        }
+    };
+    let (mut child, mut stdin, stdout, stderr) = match started {
         Ok(r) => r,
         Err(e) if is_session => {
             return Ok(Outcome {
