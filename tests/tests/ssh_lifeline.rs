@@ -95,6 +95,18 @@ fn gone(pgid: i32, file: &Path, mark: &str) {
     );
 }
 
+/// The pid of the master connection to the fleet's first server.
+fn master_pid(fleet: &SshdFleet) -> i32 {
+    let port = format!(" -p {} ", fleet.server(0).port());
+    let masters: Vec<i32> = processes_matching("ControlMaster=yes")
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&port))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(masters.len(), 1, "{masters:?}");
+    masters[0]
+}
+
 /// Local `ssh` clients (argv[0] is `ssh`) whose arguments include `word`.
 fn ssh_clients_with(word: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -191,15 +203,9 @@ fn a_dropped_connection_kills_the_step_on_the_node() {
     let (pgid, file) = started(&task, &mark);
     // The node's master connection, killed as a network failure would end
     // it: sshd ends the session and the step's stdin reaches EOF.
-    let port = format!(" -p {} ", fleet.server(0).port());
-    let masters: Vec<i32> = processes_matching("ControlMaster=yes")
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains(&port))
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(masters.len(), 1, "{masters:?}");
+    let master = master_pid(&fleet);
     // SAFETY: kill(2) on the master ssh process this test's daemon started.
-    unsafe { libc::kill(masters[0], libc::SIGKILL) };
+    unsafe { libc::kill(master, libc::SIGKILL) };
     gone(pgid, &file, &mark);
     let subs = task.wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail", "{subs:?}");
@@ -224,15 +230,9 @@ fn a_stop_ends_a_step_whose_master_no_longer_answers() {
     p.run("hello", "one", json!({})).wait_success();
     // The master stays up between tasks; frozen, it accepts on its control
     // socket and never answers.
-    let port = format!(" -p {} ", fleet.server(0).port());
-    let masters: Vec<i32> = processes_matching("ControlMaster=yes")
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains(&port))
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(masters.len(), 1, "{masters:?}");
+    let master = master_pid(&fleet);
     // SAFETY: kill(2) on the master ssh process this test's daemon started.
-    unsafe { libc::kill(masters[0], libc::SIGSTOP) };
+    unsafe { libc::kill(master, libc::SIGSTOP) };
     let task = p.run("hello", "one", json!({}));
     wait_for("the batch running", T, || {
         (task.subtasks().first().map(|s| s["status"] == "running") == Some(true)).then_some(())
@@ -240,7 +240,7 @@ fn a_stop_ends_a_step_whose_master_no_longer_answers() {
     task.stop();
     let t = task.wait_finished_within(Duration::from_secs(15));
     // SAFETY: as above; lets the master end normally with the test.
-    unsafe { libc::kill(masters[0], libc::SIGCONT) };
+    unsafe { libc::kill(master, libc::SIGCONT) };
     assert_eq!(t["status"], "fail", "{t}");
     assert!(
         task.log_text().contains("[n1] failed: cancelled"),

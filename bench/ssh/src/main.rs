@@ -210,6 +210,35 @@ fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
+/// Opens the masters of `batch` in parallel, as a script would (`-N -f`:
+/// ssh returns once the master is up), and waits for all of them.
+fn open_masters(fleet: &SshdFleet, batch: &[usize], ctl_dir: &Path) -> Result<(), String> {
+    let mut masters = Vec::new();
+    for &i in batch {
+        let host = fleet.server(i).host();
+        let what = format!("master to {host}");
+        let child = Command::new("ssh")
+            .args(loop_args(fleet, i, &ctl_dir.join(format!("h{i}"))))
+            .args([
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=60",
+                "-N",
+                "-f",
+                "--",
+                &host,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{what}: cannot run ssh: {e}"))?;
+        masters.push((what, child));
+    }
+    wait_all(masters).map(|_| ())
+}
+
 /// What the connections alone cost: the loop's master phase (each batch's
 /// masters in parallel, batch after batch) with nothing run over them.
 /// Answers (wall, machine CPU seconds).
@@ -220,29 +249,7 @@ fn connections_alone(fleet: &SshdFleet, o: &Options, tag: &str) -> Result<(f64, 
     let cpu0 = machine_cpu_seconds();
     let t0 = Instant::now();
     for batch in hosts.chunks(o.batch) {
-        let mut masters = Vec::new();
-        for &i in batch {
-            let host = fleet.server(i).host();
-            let child = Command::new("ssh")
-                .args(loop_args(fleet, i, &ctl_dir.join(format!("h{i}"))))
-                .args([
-                    "-o",
-                    "ControlMaster=yes",
-                    "-o",
-                    "ControlPersist=60",
-                    "-N",
-                    "-f",
-                    "--",
-                    &host,
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("master to {host}: cannot run ssh: {e}"))?;
-            masters.push((format!("master to {host}"), child));
-        }
-        wait_all(masters)?;
+        open_masters(fleet, batch, &ctl_dir)?;
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = machine_cpu_seconds() - cpu0;
@@ -798,25 +805,7 @@ fn run_loop(fleet: &SshdFleet, round: usize, o: &Options) -> Result<(f64, String
     };
     let t0 = Instant::now();
     for batch in hosts.chunks(o.batch) {
-        let mut masters = Vec::new();
-        for &i in batch {
-            let host = fleet.server(i).host();
-            masters.push(spawn(
-                i,
-                &[
-                    "-o",
-                    "ControlMaster=yes",
-                    "-o",
-                    "ControlPersist=60",
-                    "-N",
-                    "-f",
-                    "--",
-                    &host,
-                ],
-                format!("master to {host}"),
-            )?);
-        }
-        wait_all(masters)?;
+        open_masters(fleet, batch, &ctl_dir)?;
         for (_, cmd) in COMMANDS {
             let mut runs = Vec::new();
             for &i in batch {
