@@ -4,7 +4,7 @@
 
 use jobx_tests::daemon::*;
 use jobx_tests::flow::{marker, processes_matching};
-use jobx_tests::sshd::SshdFleet;
+use jobx_tests::sshd::{SshdFleet, SshdOptions};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -186,7 +186,21 @@ fn failing_unreachable_and_changed_host_key_nodes() {
 
 #[test]
 fn stop_and_daemon_death_leave_no_remote_process() {
-    let fleet = SshdFleet::start(2).expect("sshd");
+    // The steps' script files go to a directory of this test's own.
+    let tmp = TempDir::new("ssh-step-files");
+    let opts = SshdOptions {
+        extra_config: vec![format!("SetEnv TMPDIR={}", tmp.path().display())],
+    };
+    let fleet = SshdFleet::start_with(2, &opts).expect("sshd");
+    let step_files = || -> Vec<String> {
+        std::fs::read_dir(tmp.path())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let mut d = daemon_for(&fleet);
     let p = d.project(10);
     ssh_nodes(&d, &fleet, &[("s1", 0), ("s2", 1)]);
@@ -225,6 +239,14 @@ fn stop_and_daemon_death_leave_no_remote_process() {
     d.restart();
     let subs = d.project(10).task(&uuid).wait_confirm(0);
     assert_eq!(subs[0]["reason"], "interrupted by daemon restart");
+    // Every session removed its script file. (A session whose login shell
+    // is still starting when the daemon dies is remote.rs's unit test
+    // `a_session_whose_output_is_gone_creates_no_script_file`.)
+    wait_for(
+        "no script file left on the nodes",
+        Duration::from_secs(10),
+        || step_files().is_empty().then_some(()),
+    );
 }
 
 #[test]

@@ -13,10 +13,13 @@
 //! A command step costs one session and, besides the step itself, one
 //! `/bin/sh` that stays, two short forks of it and one `rm`:
 //!
+//! 0. the shell prints [`STARTED`] before it creates anything: a session
+//!    whose output is already gone (the daemon died while the login shell
+//!    started) ends there, on SIGPIPE, and leaves no file behind;
 //! 1. a subshell with `umask 077` and `set -C` (`O_EXCL`) writes the script
 //!    to `${TMPDIR:-/tmp}/jobx-step-<128 random bits>` (mode 0600; the
 //!    step's own umask is untouched);
-//! 2. the shell prints [`STARTED`] and starts
+//! 2. the shell starts
 //!    `setsid env NAME=value… <interpreter> <file> <args…>` in the
 //!    background: the step leads its own process group;
 //! 3. a background subshell (the lifeline) reads the rest of stdin with the
@@ -154,6 +157,7 @@ pub fn command_program(
     let script = quote_checked("the script", script)?;
     Ok(format!(
         "{{\n\
+         echo {STARTED}\n\
          JOBX__f=${{TMPDIR:-/tmp}}/{name}\n\
          command -v setsid >/dev/null 2>&1 || {{ echo 'jobx: setsid not found on the node' >&2; exit {fail}; }}\n\
          (umask 077; set -C; exec 4>\"$JOBX__f\" || exit 3; printf %s {script} >&4 || exit 4) 2>/dev/null\n\
@@ -163,7 +167,6 @@ pub fn command_program(
          echo \"jobx: cannot write the script to $JOBX__f on the node\" >&2; exit {fail}\n\
          fi\n\
          exec 3<&0\n\
-         echo {STARTED}\n\
          {launch} </dev/null 3<&- &\n\
          JOBX__s=$!\n\
          {{ while read -r JOBX__x; do :; done; : >\"$JOBX__f.stop\"; kill -TERM -\"$JOBX__s\" || kill -TERM \"$JOBX__s\"; JOBX__n=0; \
@@ -486,13 +489,30 @@ mod tests {
     }
 
     #[test]
-    fn a_setup_failure_exits_125_before_the_start_line() {
+    fn a_setup_failure_exits_125_after_the_start_line_and_runs_nothing() {
         let p = program("echo never", "sh", &[])
             .replace("JOBX__f=${TMPDIR:-/tmp}/", "JOBX__f=/nonexistent-jobx-dir/");
         let out = run_remote(&p);
         assert_eq!(out.status.code(), Some(SETUP_FAILED), "{out:?}");
-        assert!(out.stdout.is_empty(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{STARTED}\n"));
         assert!(String::from_utf8_lossy(&out.stderr).contains("jobx: cannot write the script"));
+    }
+
+    #[test]
+    fn a_session_whose_output_is_gone_creates_no_script_file() {
+        // The daemon died while the node's login shell started: the shell
+        // finds its stdout closed when it begins.
+        let name = script_name();
+        let p = command_program(&BTreeMap::new(), "sh", &[], "echo never", &name).unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        let (child, stdin) = spawn_remote_with(REMOTE_COMMAND, &p, Stdio::from(w));
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+        let file = std::env::temp_dir().join(&name);
+        assert!(!file.exists(), "{} was left", file.display());
     }
 
     #[test]
