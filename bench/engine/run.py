@@ -4,10 +4,11 @@ batches of 10%, next to a bare spawn loop with the same batch barriers.
 
 Usage:
   cargo build --release -p jobxd -p jobx-plugin-local
-  python3 bench/engine/run.py [--nodes N] [--rounds R] [--plugin-dir DIR]
+  python3 bench/engine/run.py [--nodes N] [--rounds R] [--plugin-dir DIR] [--jobxd PATH]
 
 --plugin-dir loads the plugins from DIR instead of next to jobxd, to compare
-two builds of a plugin against the same daemon.
+two builds of a plugin against the same daemon; --jobxd PATH runs another
+build of the daemon (default target/release/jobxd).
 
 Starts target/release/jobxd on a free port with a temporary data dir, talks
 HTTP only to 127.0.0.1, and stops it at the end. The machine is shared and
@@ -136,9 +137,10 @@ def main():
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--plugin-dir", help="load the plugins from this directory (to compare builds)")
+    ap.add_argument("--jobxd", default=BIN, help="the daemon binary (to compare builds)")
     args = ap.parse_args()
     n = args.nodes
-    if not os.path.exists(BIN):
+    if not os.path.exists(args.jobxd):
         sys.exit("build first: cargo build --release -p jobxd -p jobx-plugin-local")
     tmp = tempfile.mkdtemp(prefix="jobx-bench-")
     cfg = os.path.join(tmp, "jobxd.toml")
@@ -147,7 +149,7 @@ def main():
                 f'[engine]\nmax_parallel = 128\n'
                 + (f'[plugins]\ndir = ["{os.path.abspath(args.plugin_dir)}"]\n' if args.plugin_dir else '')
                 + TOKENS)
-    d, base = start(BIN, cfg)
+    d, base = start(args.jobxd, cfg)
     rows = []
     try:
         nodes = [{"name": f"n{i}"} for i in range(1, n + 1)]
