@@ -253,6 +253,7 @@ fn debian_package_runs_with_its_own_config_and_plugins() {
         "KillMode=mixed",
         "User=jobx",
         "StateDirectory=jobx",
+        "RuntimeDirectory=jobx",
         "ExecStart=/usr/bin/jobxd --config /etc/jobx/jobxd.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "NoNewPrivileges=yes",

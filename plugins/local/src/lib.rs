@@ -30,7 +30,7 @@ mod reaper;
 mod scp;
 mod spawn;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,40 @@ impl Default for Config {
     }
 }
 
+/// Where step scripts are written. A step's script is one file created and
+/// removed per step and node; on a disk file system, thousands of those a
+/// minute make inode allocation itself slow (ext4 scans past recently
+/// deleted inodes), so a memory file system is preferred: systemd's
+/// `RuntimeDirectory=` (`$RUNTIME_DIRECTORY`, its first path), then
+/// `/dev/shm`, then the temp dir. Pure but for `usable`.
+fn script_dir(
+    runtime: Option<std::ffi::OsString>,
+    shm: &Path,
+    tmp: PathBuf,
+    usable: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    let runtime = runtime.and_then(|r| {
+        let first = r.to_string_lossy().split(':').next()?.to_string();
+        (!first.is_empty()).then(|| PathBuf::from(first))
+    });
+    runtime
+        .into_iter()
+        .chain([shm.to_path_buf()])
+        .find(|d| usable(d))
+        .unwrap_or(tmp)
+}
+
+/// A directory this process can create (and remove) a private file in.
+fn usable_dir(dir: &Path) -> bool {
+    match ScriptFile::create(dir, "probe", "") {
+        Ok(probe) => {
+            drop(probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// The executor.
 pub struct Local {
     driver: Arc<Driver>,
@@ -83,7 +117,12 @@ impl Executor for Local {
                 workdir.display()
             ));
         }
-        let script_dir = std::env::temp_dir();
+        let script_dir = script_dir(
+            std::env::var_os("RUNTIME_DIRECTORY"),
+            Path::new("/dev/shm"),
+            std::env::temp_dir(),
+            usable_dir,
+        );
         let driver = Driver::spawn(Duration::from_secs(config.kill_grace_secs), &script_dir)
             .map_err(|e| format!("cannot start the local executor: {e}"))?;
         let copier = Copier::spawn(config.copy_workers)
@@ -182,5 +221,35 @@ mod tests {
         let c: Config = serde_json::from_value(serde_json::json!({})).unwrap();
         assert_eq!(c.kill_grace_secs, 3);
         assert!(serde_json::from_value::<Config>(serde_json::json!({"workdirr": "/"})).is_err());
+    }
+
+    #[test]
+    fn scripts_go_to_the_runtime_dir_then_dev_shm_then_the_temp_dir() {
+        let shm = Path::new("/dev/shm");
+        let tmp = PathBuf::from("/tmp");
+        let all = |_: &Path| true;
+        let runtime = Some(std::ffi::OsString::from("/run/jobx:/run/other"));
+        assert_eq!(
+            script_dir(runtime.clone(), shm, tmp.clone(), all),
+            PathBuf::from("/run/jobx")
+        );
+        assert_eq!(script_dir(None, shm, tmp.clone(), all), shm);
+        assert_eq!(
+            script_dir(Some("".into()), shm, tmp.clone(), all),
+            shm,
+            "an empty RUNTIME_DIRECTORY names nothing"
+        );
+        let only_tmp = |d: &Path| d == Path::new("/tmp");
+        assert_eq!(script_dir(runtime, shm, tmp.clone(), only_tmp), tmp);
+    }
+
+    #[test]
+    fn a_usable_dir_is_one_a_file_can_be_created_in_and_the_probe_is_removed() {
+        let dir = std::env::temp_dir().join(format!("jobx-usable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(usable_dir(&dir));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(!usable_dir(&dir));
     }
 }
