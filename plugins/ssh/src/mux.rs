@@ -27,7 +27,6 @@ const S_PERMISSION_DENIED: u32 = 0x8000_0002;
 const S_FAILURE: u32 = 0x8000_0003;
 const S_EXIT_MESSAGE: u32 = 0x8000_0004;
 const S_SESSION_OPENED: u32 = 0x8000_0006;
-const S_TTY_ALLOC_FAIL: u32 = 0x8000_0008;
 /// "No escape character".
 const NO_ESCAPE: u32 = 0xffff_ffff;
 /// The master's messages are a few dozen bytes; anything far larger is not
@@ -221,8 +220,8 @@ impl Session {
                 S_EXIT_MESSAGE if r.u32().ok()? == self.session_id => {
                     return i32::try_from(r.u32().ok()?).ok();
                 }
-                // Only with a tty, which is never asked for.
-                S_TTY_ALLOC_FAIL => continue,
+                // Anything else (e.g. `TTY_ALLOC_FAIL`, only sent for a tty,
+                // which is never asked for) says nothing about the exit.
                 _ => continue,
             }
         }
