@@ -88,30 +88,12 @@ pub fn log_text(d: &Daemon, key: &str) -> String {
 /// machine, so this is also how tests see what is left "on the node".
 pub fn processes_matching(marker: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmd.contains(marker) {
-            out.push((pid, cmd.trim_end().to_string()));
-        }
-    }
-    out
+    crate::procs::pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .map(|pid| (pid, crate::procs::cmdline(pid)))
+        .filter(|(_, cmd)| cmd.contains(marker))
+        .collect()
 }
 
 /// A marker unique to this test run, for finding step processes.

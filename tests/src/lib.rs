@@ -3,6 +3,7 @@
 pub mod browser;
 pub mod daemon;
 pub mod flow;
+pub mod procs;
 pub mod project;
 pub mod sshd;
 

@@ -5,42 +5,20 @@
 
 use jobx_tests::daemon::*;
 use jobx_tests::flow::{marker, processes_matching};
+use jobx_tests::procs::{cmdline, live_where, stat};
 use serde_json::json;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-/// (ppid, pgid, state) of a process, from /proc.
-fn stat(pid: i32) -> Option<(i32, i32, char)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = s.rsplit_once(')')?.1.split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    let pgid = rest.next()?.parse().ok()?;
-    Some((ppid, pgid, state))
-}
-
 /// Gone, or a zombie nobody reaped yet: either way it no longer runs.
 fn dead(pid: i32) -> bool {
-    stat(pid).is_none_or(|(_, _, state)| state == 'Z')
-}
-
-fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-        .unwrap_or_default()
+    stat(pid).is_none_or(|s| !s.live())
 }
 
 /// Living processes whose parent is `parent`.
 fn children(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| stat(pid).is_some_and(|(ppid, _, state)| ppid == parent && state != 'Z'))
-        .collect()
+    live_where(|s| s.ppid == parent)
 }
 
 /// The daemon's reapers (there should be exactly one).
@@ -76,7 +54,7 @@ fn each_step_is_its_interpreter_leading_its_group_and_one_reaper_serves_all() {
     let leaders = wait_for("three step leaders", T, || {
         let found: Vec<(i32, String)> = processes_matching(&mark)
             .into_iter()
-            .filter(|(pid, _)| stat(*pid).is_some_and(|(ppid, _, _)| ppid == daemon))
+            .filter(|(pid, _)| stat(*pid).is_some_and(|s| s.ppid == daemon))
             .collect();
         (found.len() == 3).then_some(found)
     });
@@ -88,9 +66,9 @@ fn each_step_is_its_interpreter_leading_its_group_and_one_reaper_serves_all() {
     }
     let leaders: Vec<i32> = leaders.into_iter().map(|(pid, _)| pid).collect();
     for &pid in &leaders {
-        let (ppid, pgid, _) = stat(pid).expect("leader stat");
-        assert_eq!(ppid, daemon, "the interpreter is the daemon's own child");
-        assert_eq!(pgid, pid, "the step leads its own process group");
+        let s = stat(pid).expect("leader stat");
+        assert_eq!(s.ppid, daemon, "the interpreter is the daemon's own child");
+        assert_eq!(s.pgid, pid, "the step leads its own process group");
     }
     let kids = children(daemon);
     assert!(
@@ -135,7 +113,7 @@ fn sigkill_of_the_daemon_kills_orphaned_and_background_grandchildren() {
     // whole group reaches them.
     for (pid, cmd) in &found {
         if cmd.contains(&orphan) {
-            let (ppid, _, _) = stat(*pid).expect("orphan stat");
+            let ppid = stat(*pid).expect("orphan stat").ppid;
             assert_ne!(ppid, daemon);
             assert!(
                 !found.iter().any(|(p, c)| *p == ppid && c.contains(&mark)),

@@ -6,6 +6,7 @@
 
 use jobx_tests::daemon::*;
 use jobx_tests::flow::{marker, processes_matching};
+use jobx_tests::procs::{argv, live_where, pids};
 use jobx_tests::project::TaskRef;
 use jobx_tests::sshd::SshdFleet;
 use serde_json::json;
@@ -37,27 +38,9 @@ fn daemon_for(fleet: &SshdFleet) -> Daemon {
     d
 }
 
-/// The process group of `pid`, unless it is gone or a zombie.
-fn live_group(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid pgrp …; comm may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(2)?.parse().ok()
-}
-
 /// Live processes of process group `pgid` on this machine.
 fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| live_group(pid) == Some(pgid))
-        .collect()
+    live_where(|s| s.pgid == pgid)
 }
 
 /// Waits until the step has started on the node: answers its process group
@@ -109,35 +92,41 @@ fn master_pid(fleet: &SshdFleet) -> i32 {
 
 /// Local `ssh` clients (argv[0] is `ssh`) whose arguments include `word`.
 fn ssh_clients_with(word: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| {
-            c.split(|&b| b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-        })
+    pids()
+        .into_iter()
+        .map(argv)
         .filter(|argv| argv.first().map(String::as_str) == Some("ssh"))
         .filter(|argv| argv.iter().any(|a| a.contains(word)))
         .map(|argv| argv.join(" "))
         .collect()
 }
 
+/// Signals the master connection to the fleet's first server.
+fn signal_master(fleet: &SshdFleet, signal: i32) {
+    let master = master_pid(fleet);
+    // SAFETY: kill(2) on the master ssh process this test's daemon started.
+    unsafe { libc::kill(master, signal) };
+}
+
+/// Runs `STEP` on n1 with `timeout` seconds and waits until it started:
+/// the task, the step's marker, process group and script file.
+fn run_step<'d>(d: &'d Daemon, tag: &str, timeout: u64) -> (TaskRef<'d>, String, i32, PathBuf) {
+    let p = d.project(10);
+    p.job(
+        tag,
+        json!([{"plugin": "ssh", "script": STEP, "args": "${mark}", "timeout": timeout}]),
+    );
+    let mark = marker(tag);
+    let task = p.run(tag, "one", json!({"mark": mark}));
+    let (pgid, file) = started(&task, &mark);
+    (task, mark, pgid, file)
+}
+
 #[test]
 fn a_stopped_step_leaves_no_process_group_and_no_script_file_on_the_node() {
     let fleet = SshdFleet::start(1).expect("sshd fleet (tests/run.sh installs openssh-server)");
     let d = daemon_for(&fleet);
-    let p = d.project(10);
-    p.job(
-        "sleepy",
-        json!([{"plugin": "ssh", "script": STEP, "args": "${mark}", "timeout": 600}]),
-    );
-    let mark = marker("lifeline-stop");
-    let task = p.run("sleepy", "one", json!({"mark": mark}));
-    let (pgid, file) = started(&task, &mark);
+    let (task, mark, pgid, file) = run_step(&d, "lifeline-stop", 600);
     // The script file is private to the login user while the step runs.
     let mode = std::fs::metadata(&file)
         .expect("script file")
@@ -171,14 +160,7 @@ fn a_stopped_step_leaves_no_process_group_and_no_script_file_on_the_node() {
 fn a_step_that_times_out_leaves_no_process_group_and_no_script_file_on_the_node() {
     let fleet = SshdFleet::start(1).expect("sshd fleet");
     let d = daemon_for(&fleet);
-    let p = d.project(10);
-    p.job(
-        "slow",
-        json!([{"plugin": "ssh", "script": STEP, "args": "${mark}", "timeout": 3}]),
-    );
-    let mark = marker("lifeline-timeout");
-    let task = p.run("slow", "one", json!({"mark": mark}));
-    let (pgid, file) = started(&task, &mark);
+    let (task, mark, pgid, file) = run_step(&d, "lifeline-timeout", 3);
     let subs = task.wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail", "{subs:?}");
     assert!(
@@ -193,19 +175,10 @@ fn a_step_that_times_out_leaves_no_process_group_and_no_script_file_on_the_node(
 fn a_dropped_connection_kills_the_step_on_the_node() {
     let fleet = SshdFleet::start(1).expect("sshd fleet");
     let d = daemon_for(&fleet);
-    let p = d.project(10);
-    p.job(
-        "sleepy",
-        json!([{"plugin": "ssh", "script": STEP, "args": "${mark}", "timeout": 600}]),
-    );
-    let mark = marker("lifeline-drop");
-    let task = p.run("sleepy", "one", json!({"mark": mark}));
-    let (pgid, file) = started(&task, &mark);
+    let (task, mark, pgid, file) = run_step(&d, "lifeline-drop", 600);
     // The node's master connection, killed as a network failure would end
     // it: sshd ends the session and the step's stdin reaches EOF.
-    let master = master_pid(&fleet);
-    // SAFETY: kill(2) on the master ssh process this test's daemon started.
-    unsafe { libc::kill(master, libc::SIGKILL) };
+    signal_master(&fleet, libc::SIGKILL);
     gone(pgid, &file, &mark);
     let subs = task.wait_confirm(0);
     assert_eq!(subs[0]["status"], "fail", "{subs:?}");
@@ -230,17 +203,15 @@ fn a_stop_ends_a_step_whose_master_no_longer_answers() {
     p.run("hello", "one", json!({})).wait_success();
     // The master stays up between tasks; frozen, it accepts on its control
     // socket and never answers.
-    let master = master_pid(&fleet);
-    // SAFETY: kill(2) on the master ssh process this test's daemon started.
-    unsafe { libc::kill(master, libc::SIGSTOP) };
+    signal_master(&fleet, libc::SIGSTOP);
     let task = p.run("hello", "one", json!({}));
     wait_for("the batch running", T, || {
         (task.subtasks().first().map(|s| s["status"] == "running") == Some(true)).then_some(())
     });
     task.stop();
     let t = task.wait_finished_within(Duration::from_secs(15));
-    // SAFETY: as above; lets the master end normally with the test.
-    unsafe { libc::kill(master, libc::SIGCONT) };
+    // Lets the master end normally with the test.
+    signal_master(&fleet, libc::SIGCONT);
     assert_eq!(t["status"], "fail", "{t}");
     assert!(
         task.log_text().contains("[n1] failed: cancelled"),
