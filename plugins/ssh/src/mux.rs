@@ -154,13 +154,13 @@ impl Session {
     /// Connects to the master at `ctl` and opens a session running
     /// `command`. An error means nothing was started on the node.
     pub async fn open(ctl: &Path, command: &str) -> io::Result<Session> {
-        let stream = UnixStream::connect(ctl).map_err(|e| {
+        // Connected without blocking the plugin's runtime thread.
+        let mut ctl = Async::<UnixStream>::connect(ctl).await.map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("Control socket connect({}): {e}", ctl.display()),
             )
         })?;
-        let mut ctl = Async::new(stream)?;
         ctl.write_all(&Body::default().u32(MSG_HELLO).u32(VERSION).packet())
             .await?;
         let hello = read_message(&mut ctl).await?;
